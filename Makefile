@@ -1,0 +1,30 @@
+# Two entry points: `make run` (set up, then run the pipeline on params.yaml) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements/constraints.txt
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test lint clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -r requirements/lock.txt
+	$(PIP) --no-deps -e .
+	touch $@
+
+# `dvc repro` runs `snakemake --cores all` (dvc.yaml) and records the results in DVC's cache.
+run: setup
+	dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	snakemake --lint
+
+clean-results:
+	rm -rf data/sequences data/edits data/eval data/stats reports/index.html reports/metrics .snakemake logs benchmarks

@@ -1,0 +1,78 @@
+# Validated params and the grid they describe; input functions are named get_<thing>.
+import json
+import re
+
+from editharm import config as ehc
+
+cfg = ehc.validate_params(config, source=", ".join(workflow.configfiles) or "config")
+
+MODELS = list(cfg["models"])
+METHODS = list(cfg["methods"])
+REGS = list(cfg["regularizers"])
+SETTINGS = list(cfg["settings"])
+SEQS = list(range(cfg["sequences"]["count"]))
+STEPS = ehc.eval_steps(cfg)
+EDIT_STEPS = [s for s in STEPS if s > 0]
+TASKS = list(cfg["evaluation"]["tasks"])
+GPU = 0 if cfg["device"] == "cpu" else 1
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    method="|".join(map(re.escape, METHODS)),
+    reg="|".join(map(re.escape, REGS)),
+    setting="|".join(SETTINGS),
+    task="|".join(TASKS),
+    seq=r"\d+",
+    step=r"\d+",
+
+
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def config_dir(w):
+    return f"{w.model}/{w.method}/{w.reg}/{w.setting}/seq{w.seq}"
+
+
+def get_method(w):
+    return as_json(ehc.method_hparams(cfg, w.model, w.method))
+
+
+def get_regularizer(w):
+    return as_json(ehc.regularizer_params(cfg, w.reg))
+
+
+def get_stats(w):
+    return [f"data/stats/{w.model}/{module}.safetensors" for module in ehc.stats_modules(cfg, w.model, w.method)]
+
+
+def get_task_data(w):
+    from editharm.tasks import TASKS as REGISTRY
+
+    return f"data/datasets/{REGISTRY.get(w.task).dataset}"
+
+
+def get_delta(w):
+    return f"data/edits/{config_dir(w)}/step-{w.step}.safetensors"
+
+
+def labels(w, **extra):
+    out = {"model": w.model, **extra}
+    for key in ("method", "reg", "setting"):
+        if hasattr(w, key):
+            out[key] = getattr(w, key)
+    for key in ("seq", "step"):
+        if hasattr(w, key):
+            out[key] = int(getattr(w, key))
+    return as_json(out)
+
+
+def get_all_metrics(w=None):
+    base = expand("data/eval/{model}/base/{task}.json", model=MODELS, task=TASKS)
+    edited = expand(
+        "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
+        model=MODELS, method=METHODS, reg=REGS, setting=SETTINGS, seq=SEQS, step=EDIT_STEPS,
+        task=TASKS + ["editing"],
+    )
+    return base + edited

@@ -1,0 +1,52 @@
+# Models, datasets and the statistics corpus, each from a pinned source string in params.yaml.
+localrules: fetch_model, fetch_dataset, fetch_corpus
+
+
+rule fetch_model:
+    output:
+        directory("data/models/{model}"),
+    params:
+        source=lambda w: cfg["models"][w.model]["source"],
+        sha256=lambda w: cfg["models"][w.model].get("sha256") or "",
+        trust=("--trust-remote-code" if cfg["trust_remote_code"] else ""),
+    log:
+        "logs/fetch_model/{model}.log",
+    benchmark:
+        "benchmarks/fetch_model/{model}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "editharm --log {log} fetch-model --source {params.source:q} --out {output} "
+        "$( [ -n {params.sha256:q} ] && echo --sha256 {params.sha256:q} ) {params.trust}"
+
+
+rule fetch_dataset:
+    output:
+        directory("data/datasets/{dataset}"),
+    params:
+        source=lambda w: cfg["datasets"][w.dataset],
+    log:
+        "logs/fetch_dataset/{dataset}.log",
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    shell:
+        "editharm --log {log} fetch-dataset --name {wildcards.dataset} --source {params.source:q} "
+        "--out {output}"
+
+
+rule fetch_corpus:
+    output:
+        "data/corpora/stats-n{n}.jsonl",
+    params:
+        source=cfg["stats"].get("corpus", ""),
+        sha256=cfg["stats"].get("sha256", ""),
+    log:
+        "logs/fetch_corpus/stats-n{n}.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "editharm --log {log} fetch-corpus --source {params.source:q} --n {wildcards.n} --out {output} "
+        "$( [ -n {params.sha256:q} ] && echo --sha256 {params.sha256:q} )"

