@@ -58,7 +58,11 @@ def get_delta(w):
 
 
 def labels(w, **extra):
-    out = {"model": w.model, **extra}
+    """Who a metrics file belongs to; `demo` marks results on the embedded demo data."""
+    from editharm.tasks import TASKS as REGISTRY
+
+    dataset = REGISTRY.get(w.task).dataset if hasattr(w, "task") else cfg["sequences"]["dataset"]
+    out = {"model": w.model, "demo": ehc.is_demo(cfg, dataset), **extra}
     for key in ("method", "reg", "setting"):
         if hasattr(w, key):
             out[key] = getattr(w, key)

@@ -18,7 +18,6 @@ rule aggregate_metrics:
 rule build_report:
     input:
         table="reports/metrics/metrics.parquet",
-        model_manifests=expand("data/models/{model}", model=MODELS),
     output:
         "reports/index.html",
     params:

@@ -113,7 +113,9 @@ def _check_names(cfg: dict, source: str) -> None:
             f"{source}: key 'steps' asks for step {max(cfg['steps'])} but 'sequences.n_edits' is "
             f"{cfg['sequences']['n_edits']}; allowed: steps from 0 to n_edits"
         )
-    tasks = cfg["evaluation"].setdefault("tasks", {name: {} for name in TASKS.names() if "_" not in name})
+    tasks = cfg["evaluation"].setdefault(
+        "tasks", {name: {} for name in TASKS.names() if TASKS.get(name).variant_of is None}
+    )
     for name, opts in tasks.items():
         try:
             task = TASKS.get(name)
@@ -229,13 +231,16 @@ def stats_modules(cfg: dict, model: str, label: str) -> list[str]:
 
 
 def report_context(cfg: dict) -> dict:
-    """What the report says about its inputs: models, data (demo data labelled) and the grid."""
+    """What the report says about its inputs: model, data (demo data labelled) and the grid."""
     from editharm.datasets import describe_source
 
+    model = next(iter(cfg["models"]))  # one report per run; the first model is the one it shows
     return {
         "title": cfg["report"]["title"],
-        "models": {name: m["source"] for name, m in cfg["models"].items()},
-        "edit_dataset": cfg["sequences"]["dataset"],
+        "model": model,
+        "model_name": model,
+        "model_source": cfg["models"][model]["source"],
+        "edit_dataset": f"{cfg['sequences']['dataset']} ({cfg['datasets'][cfg['sequences']['dataset']]})",
         "datasets": [describe_source(name, src) for name, src in cfg["datasets"].items()],
         "settings": {
             "settings": list(cfg["settings"]),
@@ -248,3 +253,7 @@ def report_context(cfg: dict) -> dict:
             "seed": cfg["seed"],
         },
     }
+
+
+def is_demo(cfg: dict, dataset: str) -> bool:
+    return cfg["datasets"][dataset].startswith("embedded:")

@@ -105,6 +105,7 @@ def staging_dir(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is shared like any other
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

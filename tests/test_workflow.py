@@ -1,0 +1,149 @@
+"""The workflow end to end: a dry run of the default grid, and a full run of a tiny config."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
+        capture_output=True, text=True, env=env, cwd=workdir,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry run."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_default_grid_dry_run_job_counts(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "params.yaml"))
+    counts = job_counts(proc.stdout + proc.stderr)
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    configs = len(cfg["methods"]) * len(cfg["regularizers"]) * len(cfg["settings"]) * cfg["sequences"]["count"]
+    tasks = len(cfg["evaluation"]["tasks"])
+    edit_steps = len([s for s in cfg["steps"] if s > 0])
+    assert counts == {
+        "all": 1,
+        "fetch_model": 1,
+        "fetch_dataset": 9,
+        "fetch_corpus": 1,
+        "collect_stats": 1,  # one (model, module), shared by both configurations
+        "make_sequence": 1,  # one sequence, shared by both configurations
+        "apply_edits": configs,
+        "evaluate_base": tasks,
+        "evaluate_task": configs * edit_steps * tasks,
+        "evaluate_edits": configs * edit_steps,
+        "aggregate_metrics": 1,
+        "build_report": 1,
+        "total": 16 + configs + tasks + configs * edit_steps * (tasks + 1),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny random Llama, 3 edits, 2 tasks, 4 items each, ROME with and without RECT."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    work = tmp_path_factory.mktemp("tiny-run")
+    tok = make_tokenizer(add_bos=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    ))
+    model.save_pretrained(work / "tiny-model")
+    tok.save_pretrained(work / "tiny-model")
+    (work / "corpus.txt").write_text("\n\n".join(
+        f"The capital of country {i} is a city with a river and a king who was born in {1900 + i}." for i in range(30)
+    ))
+    params = {
+        "seed": 0, "device": "cpu", "threads": 1,
+        "models": {"tiny": {"source": f"local:{work / 'tiny-model'}", "preset": "tiny-llama"}},
+        "datasets": {"zsre": "embedded:demo", "sst2": "embedded:demo", "gsm8k": "embedded:demo"},
+        "sequences": {"dataset": "zsre", "n_edits": 3, "count": 1},
+        "settings": {"instance_sequential": {}},
+        "methods": {"rome": {}},
+        "regularizers": {"none": {}, "rect": {"k": 0.5}},
+        "steps": [0, 1, 3],
+        "evaluation": {"limit": 4, "batch_size": 4,
+                       "tasks": {"sst2": {}, "gsm8k": {"max_new_tokens": 8}}},
+        "stats": {"corpus": f"local:{work / 'corpus.txt'}", "n": 20, "max_length": 32},
+        "report": {"title": "tiny"},
+    }
+    (work / "tiny.yaml").write_text(yaml.safe_dump(params))
+    proc = snakemake(work, "--cores", "2", "--configfile", str(work / "tiny.yaml"))
+    return work, proc
+
+
+def test_tiny_run_writes_report_and_artifacts(tiny_run):
+    work, proc = tiny_run
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["apply_edits"] == 2 and counts["evaluate_task"] == 2 * 2 * 2 and counts["evaluate_base"] == 2
+    html = (work / "reports/index.html").read_text()
+    assert "demo data" in html and "tiny" in html and "<script src=" not in html
+    edits = work / "data/edits/tiny/rome"
+    for reg in ("none", "rect"):
+        assert sorted(p.name for p in (edits / reg / "instance_sequential/seq0").glob("*.safetensors")) == [
+            "step-0.safetensors", "step-1.safetensors", "step-3.safetensors"]
+    table = pd.read_parquet(work / "reports/metrics/metrics.parquet")
+    assert set(table["task"]) == {"sst2", "gsm8k", "editing"}
+    assert set(table[table.task == "editing"]["step"]) == {1, 3}
+    summary = json.loads((work / "reports/metrics/summary.json").read_text())
+    assert "tiny" in summary
+    preds = pd.read_parquet(work / "data/eval/tiny/rome/rect/instance_sequential/seq0/step-3/sst2.parquet")
+    assert list(preds.columns) == ["id", "prompt", "prediction", "reference", "score"] and len(preds) == 4
+
+
+def test_rect_keeps_the_configured_share_in_the_pipeline(tiny_run):
+    from safetensors.torch import load_file
+
+    work, _ = tiny_run
+    step1 = load_file(work / "data/edits/tiny/rome/rect/instance_sequential/seq0/step-1.safetensors")
+    (name, delta), = step1.items()
+    assert (delta != 0).sum().item() == -(-delta.numel() // 2)  # ceil(0.5 * n) entries survive one edit
+
+
+def test_rerun_with_nothing_changed_does_nothing(tiny_run):
+    work, _ = tiny_run
+    proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(work / "tiny.yaml"))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
+    work, _ = tiny_run
+    params = yaml.safe_load((work / "tiny.yaml").read_text())
+    params["regularizers"]["rect"]["k"] = 0.25
+    (work / "tiny-k.yaml").write_text(yaml.safe_dump(params))
+    proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(work / "tiny-k.yaml"))
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts == {"apply_edits": 1, "evaluate_task": 4, "evaluate_edits": 2, "aggregate_metrics": 1,
+                      "build_report": 1, "all": 1, "total": 10}
+    jobs = (proc.stdout + proc.stderr).split("Job stats:")[0]
+    assert "reg=rect" in jobs and "reg=none" not in jobs
