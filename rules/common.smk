@@ -4,7 +4,7 @@ import re
 
 from editharm import config as ehc
 
-cfg = ehc.validate_params(config, source=", ".join(workflow.configfiles) or "config")
+cfg = ehc.validate_params(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 
 MODELS = list(cfg["models"])
 METHODS = list(cfg["methods"])
