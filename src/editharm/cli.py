@@ -213,7 +213,8 @@ def cmd_evaluate_edits(args) -> None:
     with applied(model, deltas):
         df, metrics = edit_metrics(model, tok, records, base_predictions=base)
     _write_predictions(df, args.out_predictions)
-    write_metrics(args.out_metrics, {**args.labels, "task": "editing", "metrics": metrics, "n": len(records),
+    scores = {k: v for k, v in metrics.items() if k != "n" and v is not None}  # None: nothing to average
+    write_metrics(args.out_metrics, {**args.labels, "task": "editing", "metrics": scores, "n": len(records),
                                      "scoring": "teacher_forced"})
     log.info("editing metrics after %d edits: %s", len(records), json.dumps(metrics, sort_keys=True))
 

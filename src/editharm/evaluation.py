@@ -1,0 +1,159 @@
+"""Evaluate a (possibly edited) model: general-ability tasks and editing metrics.
+
+Editing metrics follow EasyEdit's teacher-forced token accuracy: the model reads
+`prompt + " " + answer`, and at each answer token we take its argmax prediction.
+- reliability: share of `target_new` tokens predicted after `prompt`;
+- generalization: the same after `rephrase_prompt`;
+- locality: share of the `locality_answer` positions whose argmax token is unchanged from
+  the unedited model (`base_argmax`), whatever the answer's own tokens are;
+- portability: share of `portability_answer` tokens predicted after `portability_prompt`.
+A record without the prompt for a metric gets NaN there; summaries average over the rest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+
+from editharm.generation import choice_scores, greedy_generate, teacher_forced
+from editharm.records import EditRecord
+
+log = logging.getLogger(__name__)
+
+EDIT_METRICS = ("reliability", "generalization", "locality", "portability")
+
+
+def evaluate_task(model, tok, task, items: Sequence[Any], *, batch_size: int = 8) -> tuple[pd.DataFrame, dict]:
+    """Run `task` on `items`: one row per item (id, prompt, prediction, reference, score,
+    raw) and the aggregate {"task", "metric", "value", "n", "scoring"}.
+
+    `raw` is what the model produced before it became a prediction: the generated text in
+    generate mode, the JSON map choice -> summed log-prob in choice mode.
+    """
+    if not items:
+        raise ValueError(f"task {task.name!r}: no items to evaluate")
+    prompts = [task.render(item) for item in items]
+    if task.scoring == "generate":
+        raw = greedy_generate(
+            model, tok, prompts, max_new_tokens=task.max_new_tokens, batch_size=batch_size, stop=task.stop
+        )
+        predictions = [task.parse(text) for text in raw]
+    elif task.scoring == "choice":
+        choices = [task.choices_for(item) for item in items]
+        for item, cs in zip(items, choices):
+            if not cs:
+                raise ValueError(f"task {task.name!r}: item {item.id!r} has no choices")
+        scores = choice_scores(model, tok, prompts, choices, batch_size=batch_size, progress=True)
+        # max() keeps the first of equal scores: ties go to the earlier choice, deterministically.
+        predictions = [cs[max(range(len(cs)), key=ss.__getitem__)] for cs, ss in zip(choices, scores)]
+        raw = [json.dumps(dict(zip(cs, ss))) for cs, ss in zip(choices, scores)]
+    else:
+        raise ValueError(f"task {task.name!r}: unknown scoring {task.scoring!r}; allowed: generate, choice")
+    per_item, value = task.score(predictions, list(items))
+    frame = pd.DataFrame(
+        {
+            "id": [item.id for item in items],
+            "prompt": prompts,
+            "prediction": predictions,
+            "reference": [_as_text(item.reference) for item in items],
+            "score": [float(s) for s in per_item],
+            "raw": raw,
+        }
+    )
+    metrics = {
+        "task": task.name, "metric": task.metric, "value": float(value), "n": len(items), "scoring": task.scoring
+    }
+    log.info("%s: %s = %.4f over %d items", task.name, task.metric, value, len(items))
+    return frame, metrics
+
+
+def base_argmax(model, tok, records: Sequence[EditRecord], *, batch_size: int = 8) -> list[list[int]]:
+    """The unedited model's argmax tokens at each record's locality-answer positions
+    (an empty list for a record without a locality prompt)."""
+    rows = [i for i, r in enumerate(records) if r.locality_prompt]
+    forced = teacher_forced(
+        model,
+        tok,
+        [records[i].locality_prompt for i in rows],
+        [_answer(records[i].locality_answer) for i in rows],
+        batch_size=batch_size,
+    )
+    result: list[list[int]] = [[] for _ in records]
+    for i, f in zip(rows, forced):
+        result[i] = f.argmax_ids
+    return result
+
+
+def edit_metrics(
+    model,
+    tok,
+    records: Sequence[EditRecord],
+    *,
+    base_predictions: list[list[int]] | None = None,
+    batch_size: int = 8,
+) -> tuple[pd.DataFrame, dict]:
+    """Per-record reliability, generalization, locality, portability (columns id + those),
+    and their means {"reliability", "generalization", "locality", "portability", "n"}.
+
+    `base_predictions` is `base_argmax` of the unedited model on the same records; without
+    it locality is NaN per record and None in the summary (it cannot be measured).
+    """
+    if base_predictions is not None and len(base_predictions) != len(records):
+        raise ValueError(f"base_predictions has {len(base_predictions)} entries for {len(records)} records")
+    columns: dict[str, list[float]] = {
+        "reliability": _accuracy(model, tok, [(r.prompt, r.target_new) for r in records], batch_size),
+        "generalization": _accuracy(model, tok, [(r.rephrase_prompt, r.target_new) for r in records], batch_size),
+        "portability": _accuracy(
+            model, tok, [(r.portability_prompt or "", r.portability_answer or "") for r in records], batch_size
+        ),
+    }
+    if base_predictions is None:
+        columns["locality"] = [math.nan] * len(records)
+    else:
+        after = base_argmax(model, tok, records, batch_size=batch_size)
+        columns["locality"] = [_locality(r, b, a) for r, b, a in zip(records, base_predictions, after)]
+    frame = pd.DataFrame({"id": [r.id for r in records], **{m: columns[m] for m in EDIT_METRICS}})
+    summary: dict[str, Any] = {m: _mean(columns[m]) for m in EDIT_METRICS}
+    summary["n"] = len(records)
+    return frame, summary
+
+
+def _accuracy(model, tok, pairs: list[tuple[str, str]], batch_size: int) -> list[float]:
+    """Teacher-forced token accuracy per (prompt, answer); NaN where either is empty."""
+    rows = [i for i, (p, a) in enumerate(pairs) if p and a]
+    forced = teacher_forced(
+        model, tok, [pairs[i][0] for i in rows], [_answer(pairs[i][1]) for i in rows], batch_size=batch_size
+    )
+    result = [math.nan] * len(pairs)
+    for i, f in zip(rows, forced):
+        if f.target_ids:
+            result[i] = sum(a == t for a, t in zip(f.argmax_ids, f.target_ids)) / len(f.target_ids)
+    return result
+
+
+def _locality(record: EditRecord, before: list[int], after: list[int]) -> float:
+    if not record.locality_prompt or not after:
+        return math.nan
+    if len(before) != len(after):
+        raise ValueError(
+            f"edit record {record.id!r}: base_predictions has {len(before)} locality tokens, "
+            f"this tokenizer gives {len(after)}; were they computed with another tokenizer?"
+        )
+    return sum(a == b for a, b in zip(after, before)) / len(after)
+
+
+def _answer(text: str) -> str:
+    # EasyEdit scores `prompt + " " + answer`; an answer that already starts with a space keeps it.
+    return text if text[:1].isspace() else " " + text
+
+
+def _mean(values: list[float]) -> float | None:
+    present = [v for v in values if not math.isnan(v)]
+    return sum(present) / len(present) if present else None
+
+
+def _as_text(reference: Any) -> str:
+    return reference if isinstance(reference, str) else json.dumps(reference)
