@@ -83,13 +83,49 @@ def choice_scores(
     batch_size: int = 8,
     progress: bool = False,
 ) -> list[list[float]]:
-    """Summed log-prob of each choice given its prompt: `result[i][j]` scores `choices[i][j]`."""
+    """Summed log-prob of each choice given its prompt: `result[i][j]` scores `choices[i][j]`.
+
+    Where every choice of a prompt is one token (labels such as " positive" or " A"), one
+    forward pass over the prompt scores all of them at once; otherwise each prompt + choice pair
+    is teacher-forced.
+    """
     if len(prompts) != len(choices):
         raise ValueError(f"{len(prompts)} prompts but {len(choices)} choice lists")
-    pair_prompts = [p for p, cs in zip(prompts, choices) for _ in cs]
-    pair_conts = [c for cs in choices for c in cs]
+    _check_batch_size(batch_size)
+    contexts = _encode_prompts(tok, prompts)
+    targets = [
+        _continuation_ids(tok, [p] * len(cs), list(cs), [ctx] * len(cs)) for p, cs, ctx in zip(prompts, choices, contexts)
+    ]
+    single = [i for i, ts in enumerate(targets) if ts and all(len(t) == 1 for t in ts)]
+    scores: list[list[float]] = [[] for _ in prompts]
+    next_lp = _next_token_log_probs(model, tok, [contexts[i] for i in single], batch_size, progress)
+    for i, lp in zip(single, next_lp):
+        scores[i] = [lp[t[0]].item() for t in targets[i]]
+    single_set = set(single)
+    multi = [i for i in range(len(prompts)) if i not in single_set]
+    pair_prompts = [prompts[i] for i in multi for _ in choices[i]]
+    pair_conts = [c for i in multi for c in choices[i]]
     forced = iter(teacher_forced(model, tok, pair_prompts, pair_conts, batch_size=batch_size, progress=progress))
-    return [[sum(next(forced).log_probs) for _ in cs] for cs in choices]
+    for i in multi:
+        scores[i] = [sum(next(forced).log_probs) for _ in choices[i]]
+    return scores
+
+
+def _next_token_log_probs(model, tok, contexts: list[list[int]], batch_size: int, progress: bool) -> list[torch.Tensor]:
+    """Log-softmax over the vocabulary of the token after each context (one row per context)."""
+    contexts = _keep_last(contexts, _max_positions(model) - 1, "prompt")
+    results: list[torch.Tensor | None] = [None] * len(contexts)
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    with _scoring_mode(model), tqdm(total=len(contexts), desc="score", disable=None if progress else True) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            input_ids, mask = _left_pad([contexts[i] for i in rows], _pad_id(tok), _device(model))
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1)
+            log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            for i, lp in zip(rows, log_probs):
+                results[i] = lp
+            bar.update(len(rows))
+    return results  # type: ignore[return-value]
 
 
 def teacher_forced(
