@@ -31,6 +31,10 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+def sha256_flag(sha256):
+    return f"--sha256 {sha256}" if sha256 else ""
+
+
 def config_dir(w):
     return f"{w.model}/{w.method}/{w.reg}/{w.setting}/seq{w.seq}"
 

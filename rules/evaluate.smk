@@ -38,7 +38,7 @@ rule evaluate_task:
         metrics="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
     params:
         options=lambda w: as_json(ehc.task_options(cfg, w.task)),
-        labels=labels,
+        labels=lambda w: labels(w),
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]
@@ -66,7 +66,7 @@ rule evaluate_edits:
         predictions="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.parquet",
         metrics="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.json",
     params:
-        labels=labels,
+        labels=lambda w: labels(w),
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]

@@ -7,7 +7,7 @@ rule fetch_model:
         directory("data/models/{model}"),
     params:
         source=lambda w: cfg["models"][w.model]["source"],
-        sha256=lambda w: cfg["models"][w.model].get("sha256") or "",
+        sha256=lambda w: sha256_flag(cfg["models"][w.model].get("sha256")),
         trust=("--trust-remote-code" if cfg["trust_remote_code"] else ""),
     log:
         "logs/fetch_model/{model}.log",
@@ -17,8 +17,7 @@ rule fetch_model:
         mem_mb=4000,
         runtime=60,
     shell:
-        "editharm --log {log} fetch-model --source {params.source:q} --out {output} "
-        "$( [ -n {params.sha256:q} ] && echo --sha256 {params.sha256:q} ) {params.trust}"
+        "editharm --log {log} fetch-model --source {params.source:q} --out {output} {params.sha256} {params.trust}"
 
 
 rule fetch_dataset:
@@ -41,12 +40,11 @@ rule fetch_corpus:
         "data/corpora/stats-n{n}.jsonl",
     params:
         source=cfg["stats"].get("corpus", ""),
-        sha256=cfg["stats"].get("sha256", ""),
+        sha256=sha256_flag(cfg["stats"].get("sha256")),
     log:
         "logs/fetch_corpus/stats-n{n}.log",
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "editharm --log {log} fetch-corpus --source {params.source:q} --n {wildcards.n} --out {output} "
-        "$( [ -n {params.sha256:q} ] && echo --sha256 {params.sha256:q} )"
+        "editharm --log {log} fetch-corpus --source {params.source:q} --n {wildcards.n} --out {output} {params.sha256}"

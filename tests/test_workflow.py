@@ -81,7 +81,8 @@ def tiny_run(tmp_path_factory):
     model.save_pretrained(work / "tiny-model")
     tok.save_pretrained(work / "tiny-model")
     (work / "corpus.txt").write_text("\n\n".join(
-        f"The capital of country {i} is a city with a river and a king who was born in {1900 + i}." for i in range(30)
+        f"The capital of country {i} is a city with a river and a king who was born in {1900 + i}. " * 4
+        for i in range(30)
     ))
     params = {
         "seed": 0, "device": "cpu", "threads": 1,
@@ -118,7 +119,7 @@ def test_tiny_run_writes_report_and_artifacts(tiny_run):
     summary = json.loads((work / "reports/metrics/summary.json").read_text())
     assert "tiny" in summary
     preds = pd.read_parquet(work / "data/eval/tiny/rome/rect/instance_sequential/seq0/step-3/sst2.parquet")
-    assert list(preds.columns) == ["id", "prompt", "prediction", "reference", "score"] and len(preds) == 4
+    assert list(preds.columns)[:5] == ["id", "prompt", "prediction", "reference", "score"] and len(preds) == 4
 
 
 def test_rect_keeps_the_configured_share_in_the_pipeline(tiny_run):
@@ -145,5 +146,5 @@ def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts == {"apply_edits": 1, "evaluate_task": 4, "evaluate_edits": 2, "aggregate_metrics": 1,
                       "build_report": 1, "all": 1, "total": 10}
-    jobs = (proc.stdout + proc.stderr).split("Job stats:")[0]
+    jobs = proc.stdout + proc.stderr
     assert "reg=rect" in jobs and "reg=none" not in jobs

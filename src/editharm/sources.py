@@ -252,6 +252,8 @@ def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] 
                 texts.append(text)
                 if len(texts) == n:
                     break
+        if not texts:
+            raise SourceError(f"corpus {source_text!r}: no text of at least {min_chars} characters in {path.name}")
         if len(texts) < n:
             log.warning("corpus %s has only %d texts of >= %d chars (asked for %d)",
                         source_text, len(texts), min_chars, n)
