@@ -64,13 +64,11 @@ def test_default_grid_dry_run_job_counts(tmp_path):
     }
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_params(work: Path) -> dict:
     """A tiny random Llama, 3 edits, 2 tasks, 4 items each, ROME with and without RECT."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    work = tmp_path_factory.mktemp("tiny-run")
     tok = make_tokenizer(add_bos=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
@@ -84,7 +82,7 @@ def tiny_run(tmp_path_factory):
         f"The capital of country {i} is a city with a river and a king who was born in {1900 + i}. " * 4
         for i in range(30)
     ))
-    params = {
+    return {
         "seed": 0, "device": "cpu", "threads": 1,
         "models": {"tiny": {"source": f"local:{work / 'tiny-model'}", "preset": "tiny-llama"}},
         "datasets": {"zsre": "embedded:demo", "sst2": "embedded:demo", "gsm8k": "embedded:demo"},
@@ -98,7 +96,12 @@ def tiny_run(tmp_path_factory):
         "stats": {"corpus": f"local:{work / 'corpus.txt'}", "n": 20, "max_length": 32},
         "report": {"title": "tiny"},
     }
-    (work / "tiny.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny-run")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tiny_params(work)))
     proc = snakemake(work, "--cores", "2", "--configfile", str(work / "tiny.yaml"))
     return work, proc
 

@@ -158,7 +158,7 @@ def _header(table: pd.DataFrame, context: dict[str, Any], demo: bool) -> str:
         ("Number of edits", f"up to {steps[-1]} (evaluated after {', '.join(map(str, steps))} edits)"),
         ("Settings", ", ".join(sorted(table["setting"].unique()))),
         ("Configs (method + regularizer)", ", ".join(sorted(table["config"].unique()))),
-        ("Edit sequences", ", ".join(str(s) for s in sorted(table["seq"].unique()))),
+        ("Edit sequences (seeds)", f"{table['seq'].nunique()} (seq {', '.join(str(s) for s in sorted(table['seq'].unique()))})"),
     ]
     if context.get("note"):
         facts.append(("Note", context["note"]))
