@@ -1,0 +1,55 @@
+"""RECT (Gu et al., 2024): keep the top-k share of ΔW's entries by relative change |ΔW| / |W|."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from editharm.methods import TypedParams
+from editharm.regularizers import REGULARIZERS, Regularizer
+
+
+@dataclass(frozen=True)
+class RectParams(TypedParams):
+    k: float  # share of entries kept, in (0, 1]
+
+    def __post_init__(self) -> None:
+        if not 0 < self.k <= 1:
+            raise ValueError(f"RectParams.k={self.k!r} is not allowed; must be in (0, 1]")
+
+
+def n_kept(k: float, n: int) -> int:
+    """ceil(k·n) with k read as the decimal it was written as (0.1·30 is 3, not 4)."""
+    return math.ceil(Fraction(repr(k)) * n)
+
+
+def relative_change(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """δ = |ΔW| / |W|; where W = 0 it is +inf if ΔW ≠ 0 (the largest change possible) and 0 if not."""
+    w, d = weight.float().abs(), delta.float().abs()
+    ratio = d / torch.where(w == 0, torch.ones_like(w), w)
+    return torch.where(w == 0, torch.where(d == 0, 0.0, math.inf), ratio)
+
+
+def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of exactly `keep` largest entries; among equal scores the lower flat index wins."""
+    flat = scores.flatten()
+    if keep >= flat.numel():
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(flat, flat.numel() - keep + 1).values
+    mask = flat > threshold
+    ties = torch.nonzero(flat == threshold).squeeze(1)
+    mask[ties[: keep - int(mask.sum())]] = True
+    return mask.view_as(scores)
+
+
+@REGULARIZERS.register("rect")
+class Rect(Regularizer):
+    name = "rect"
+    Params = RectParams
+
+    @classmethod
+    def apply(cls, param_name, weight, delta, params: RectParams, generator):
+        mask = top_mask(relative_change(weight, delta), n_kept(params.k, delta.numel()))
+        return torch.where(mask, delta, torch.zeros_like(delta))
