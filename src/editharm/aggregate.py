@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import pandas as pd
+
+from editharm.fileio import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -145,19 +146,6 @@ def _check(key: str, value: Any, source: str) -> Any:
     raise AssertionError(f"no check for field {key!r}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, so readers never see a partial file.
-    A plainly created temp file (not mkstemp's 0600) leaves the result with umask permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
@@ -172,10 +160,7 @@ def write_metrics(path: Path, record: MetricRecord | Mapping[str, Any]) -> None:
 
 def read_metrics(path: Path) -> MetricRecord:
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MetricFileError(f"{path}: not valid JSON: {e}") from None
+    raw = read_json(path, dict, "a JSON object of metric fields", MetricFileError)
     return MetricRecord.from_dict(raw, source=str(path))
 
 

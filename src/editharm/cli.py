@@ -220,12 +220,9 @@ def cmd_evaluate_edits(args) -> None:
 
 
 def _write_predictions(df, path: Path) -> None:
-    import os
+    from editharm.fileio import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def cmd_aggregate(args) -> None:
@@ -245,7 +242,7 @@ def cmd_build_report(args) -> None:
 def cmd_materialize(args) -> None:
     from editharm.deltas import apply_delta, load_delta
     from editharm.modeling import load_model
-    from editharm.sources import staging_dir
+    from editharm.fileio import staging_dir
 
     model, tok = load_model(args.model, "cpu", args.dtype)
     deltas, meta = load_delta(args.delta)

@@ -7,16 +7,16 @@ one registered SourceKind: how to fill a folder, and what to say about where the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from editharm.fileio import read_json, staging_dir
 from editharm.records import EditRecord
+from editharm.sources import sha256_file
 from editharm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -164,50 +164,24 @@ def describe_source(name: str, source: str) -> dict:
     return {"name": name, "source": source, **dataclasses.asdict(provenance)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_dataset(name: str, source: str, dest: Path) -> dict:
     """Fetch dataset `name` from `source` ("embedded:demo", "local:<path>") into folder `dest`,
     replacing it as a whole only once every file and the manifest are written. Returns the manifest."""
     spec, kind, argument = _resolve(name, source)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with staging_dir(dest) as tmp:
         kind.fetch(spec, argument, tmp)
         files = dataset_files(name, tmp)
         manifest = {
             **describe_source(name, source),
             "files": [
-                {"path": p.relative_to(tmp).as_posix(), "sha256": _sha256(p), "bytes": p.stat().st_size}
+                {"path": p.relative_to(tmp).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size}
                 for p in files
             ],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("fetched dataset %s from %s into %s (%d files)", name, source, dest, len(files))
     return manifest
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    # A folder cannot be os.replace'd over a non-empty one: move the old one aside first.
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        dest.rename(old)
-    new.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 # --- editing records --------------------------------------------------------------------------
@@ -231,12 +205,7 @@ def load_edit_records(path: Path) -> list[EditRecord]:
         if len(files) != 1:
             raise ValueError(f"{path}: expected one ZsRE JSON file, found {[f.name for f in files]}")
         path = files[0]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of ZsRE records, got {type(data).__name__}")
+    data = read_json(path, list, "a JSON list of ZsRE records")
     records = []
     for index, rec in enumerate(data):
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +14,8 @@ from typing import Any, Iterator
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from editharm.fileio import atomic_write
 
 Deltas = dict[str, torch.Tensor]
 
@@ -25,18 +26,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     The file appears under its final name only when complete (temp file in the same folder, then
     os.replace), so an interrupted job never leaves a file that a pipeline would take as done.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     encoded = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=encoded)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata=encoded))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

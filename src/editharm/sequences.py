@@ -6,13 +6,13 @@ configurations edit exactly the same facts in the same order.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from editharm.fileio import atomic_write
 from editharm.records import EditRecord
 
 SETTINGS = {
@@ -54,13 +54,10 @@ def write_sequence(seq: Sequence, path: Path, metadata: dict) -> None:
     df = pd.DataFrame([r.to_dict() for r in seq.records])
     df.insert(0, "batch", seq.batches)
     df.insert(0, "position", range(len(seq.records)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table = _with_metadata(df, metadata)
     import pyarrow.parquet as pq
 
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    table = _with_metadata(df, metadata)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _with_metadata(df: pd.DataFrame, metadata: dict):

@@ -12,18 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
+from editharm.fileio import atomic_write, staging_dir
 from editharm.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -95,23 +94,6 @@ def verify_sha256(path: Path, expected: Optional[str], what: str) -> str:
     if expected and actual != expected:
         raise SourceError(f"{what}: sha256 mismatch for {path.name}: expected {expected}, got {actual}")
     return actual
-
-
-@contextmanager
-def staging_dir(dest: Path) -> Iterator[Path]:
-    """A temporary folder next to `dest` that replaces `dest` only if the block succeeds."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is shared like any other
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pip_download(spec: str, into: Path) -> Path:
@@ -257,9 +239,6 @@ def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] 
         if len(texts) < n:
             log.warning("corpus %s has only %d texts of >= %d chars (asked for %d)",
                         source_text, len(texts), min_chars, n)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with open(tmp, "w") as f:
-            for text in texts:
-                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        os.replace(tmp, dest)
+        lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+        atomic_write(dest, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return {"source": source_text, "n": len(texts), **prov}

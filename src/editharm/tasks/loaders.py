@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from editharm.fileio import read_json
 from editharm.metrics import bio_spans, detokenize, last_number
 from editharm.registry import Registry
 
@@ -205,12 +206,7 @@ def read_mutual(files: Sequence[Path], limit: int | None = None) -> list[Item]:
 def read_samsum(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     """SAMSum json: a list of {id, summary, dialogue}; dialogue turns separated by CRLF or LF."""
     path = _single(files)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(records, list):
-        raise RecordError(f"{path}: expected a JSON list of dialogues, got {type(records).__name__}")
+    records = read_json(path, list, "a JSON list of dialogues", RecordError)
     items = []
     for n, rec in enumerate(records[:limit]):
         where = f"{path}, record {n}"
