@@ -1,5 +1,4 @@
 """Edit sequences: seeded, shared, reproducible, and independent of file order."""
-from editharm.datasets import load_edit_records
 from editharm.sequences import read_sequence, sample_sequence, write_sequence
 from editharm.records import EditRecord
 import pytest

@@ -6,7 +6,6 @@ parameter's own layout, so applying it is `param += delta`.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator

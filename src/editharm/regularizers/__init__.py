@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from editharm.methods import TypedParams
+from editharm.params import TypedParams
 from editharm.registry import Registry
 
 

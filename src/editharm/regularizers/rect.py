@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import torch
 
-from editharm.methods import TypedParams
+from editharm.params import TypedParams
 from editharm.regularizers import REGULARIZERS, Regularizer
 
 
