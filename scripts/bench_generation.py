@@ -63,7 +63,7 @@ def eos_ids(model, tok) -> set[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", nargs="?", default="/tmp/w/out")
+    parser.add_argument("model_dir", nargs="?", default="data/models/smollm2-135m", help="model folder (default: the embedded model fetched by the pipeline)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)
