@@ -34,14 +34,15 @@ def _int_list(text: str) -> list[int]:
 
 def _setup_logging(log_file: Path | None) -> None:
     console = logging.StreamHandler(sys.stderr)
+    # The console (shared by parallel jobs) gets warnings and errors when a job log exists.
+    console.setLevel(logging.WARNING if log_file else logging.INFO)
     handlers: list[logging.Handler] = [console]
     if log_file:
-        # The job log gets everything; the console (shared by parallel jobs) only warnings and errors.
-        console.setLevel(logging.WARNING)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="w"))  # everything, tracebacks included
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    log.setLevel(logging.DEBUG)
 
 
 def _torch_setup(args) -> "torch.device":
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = {k: str(v) for k, v in vars(args).items() if k not in ("func", "log") and v is not None}
         log.error("editharm %s failed: %s: %s\n  inputs: %s", args.command, type(exc).__name__, exc,
                   json.dumps(inputs, sort_keys=True)[:2000])
-        log.info("traceback of the failure above", exc_info=True)
+        log.debug("traceback of the failure above", exc_info=True)
         return 1
     return 0
 
