@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from editharm.regularizers import REGULARIZERS
-from editharm.regularizers.rect import RectParams, n_kept, relative_change
+from editharm.regularizers.rect import ShareParams, n_kept, relative_change
 
 SHAPES = [(7,), (5, 3), (16, 8), (64, 24), (3, 4, 5)]
 KS = [0.01, 0.1, 0.25, 0.4, 0.5, 0.9, 1.0]
@@ -84,14 +84,14 @@ def test_none_is_identity():
 @pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5])
 def test_k_outside_unit_interval_is_refused(bad):
     with pytest.raises(ValueError, match=r"k=.* must be in \(0, 1\]"):
-        RectParams.from_dict({"k": bad})
+        ShareParams.from_dict({"k": bad})
 
 
 def test_params_reject_unknown_keys_and_strings():
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['top_k'\]; allowed: \['k'\]"):
-        RectParams.from_dict({"top_k": 0.4})
+        ShareParams.from_dict({"top_k": 0.4})
     with pytest.raises(ValueError, match=r"k='0.4' .*expected float"):
-        RectParams.from_dict({"k": "0.4"})
+        ShareParams.from_dict({"k": "0.4"})
 
 
 def test_registry_lists_allowed_names():

@@ -47,4 +47,4 @@ class Identity(Regularizer):
 
 
 # Imported for its side effect of registering; after the definitions above, which it uses.
-from editharm.regularizers import rect  # noqa: E402,F401
+from editharm.regularizers import baselines, rect  # noqa: E402,F401

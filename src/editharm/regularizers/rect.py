@@ -12,12 +12,15 @@ from editharm.regularizers import REGULARIZERS, Regularizer
 
 
 @dataclass(frozen=True)
-class RectParams(TypedParams):
-    k: float  # share of entries kept, in (0, 1]
+class ShareParams(TypedParams):
+    """k: the share kept (of entries, or of the largest possible rank for PCA), in (0, 1]."""
+
+    k: float
 
     def __post_init__(self) -> None:
         if not 0 < self.k <= 1:
-            raise ValueError(f"RectParams.k={self.k!r} is not allowed; must be in (0, 1]")
+            raise ValueError(f"k={self.k!r} is not allowed; must be in (0, 1]")
+
 
 
 def n_kept(k: float, n: int) -> int:
@@ -47,9 +50,9 @@ def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 @REGULARIZERS.register("rect")
 class Rect(Regularizer):
     name = "rect"
-    Params = RectParams
+    Params = ShareParams
 
     @classmethod
-    def apply(cls, param_name, weight, delta, params: RectParams, generator):
+    def apply(cls, param_name, weight, delta, params: ShareParams, generator):
         mask = top_mask(relative_change(weight, delta), n_kept(params.k, delta.numel()))
         return torch.where(mask, delta, torch.zeros_like(delta))
