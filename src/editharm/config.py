@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -204,20 +203,9 @@ def eval_steps(cfg: dict) -> list[int]:
     return sorted(cfg["steps"])
 
 
-def _as_dict(obj: Any) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    d = asdict(obj) if is_dataclass(obj) else dict(obj)
-    # JSON-stable: Snakemake compares params across runs
-    return json.loads(json.dumps(d, sort_keys=True, default=_json_default))
-
-
-def _json_default(value: Any):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    raise TypeError(f"cannot encode {type(value).__name__} in params")
+def _as_dict(params) -> dict:
+    # Sorted JSON round trip: Snakemake compares params across runs as strings.
+    return json.loads(json.dumps(params.to_dict(), sort_keys=True))
 
 
 def stats_modules(cfg: dict, model: str, label: str) -> list[str]:

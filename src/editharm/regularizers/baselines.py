@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from editharm.regularizers import REGULARIZERS, Regularizer
-from editharm.regularizers.rect import ShareParams, n_kept
+from editharm.regularizers.rect import ShareParams, n_kept, top_mask
 
 
 @REGULARIZERS.register("random")
@@ -23,11 +23,10 @@ class RandomShare(Regularizer):
 
     @classmethod
     def apply(cls, param_name, weight, delta, params: ShareParams, generator):
-        keep = n_kept(params.k, delta.numel())
-        order = torch.randperm(delta.numel(), generator=generator)
-        mask = torch.zeros(delta.numel(), dtype=torch.bool)
-        mask[order[:keep]] = True
-        return torch.where(mask.view_as(delta).to(delta.device), delta, torch.zeros_like(delta))
+        # The same selection as RECT, with random scores in place of the relative change.
+        scores = torch.rand(delta.shape, generator=generator).to(delta.device)
+        mask = top_mask(scores, n_kept(params.k, delta.numel()))
+        return torch.where(mask, delta, torch.zeros_like(delta))
 
 
 def pca_rank(k: float, shape: torch.Size) -> int:
