@@ -11,17 +11,17 @@ METHODS = list(cfg["methods"])
 REGS = list(cfg["regularizers"])
 SETTINGS = list(cfg["settings"])
 SEQS = list(range(cfg["sequences"]["count"]))
-STEPS = ehc.eval_steps(cfg)
-EDIT_STEPS = [s for s in STEPS if s > 0]
+SETTING_STEPS = {label: ehc.setting_steps(cfg, label) for label in SETTINGS}
 TASKS = list(cfg["evaluation"]["tasks"])
 GPU = 0 if cfg["device"] == "cpu" else 1
+CORPUS = f"{ehc.corpus_key(cfg)}-n{cfg['stats']['n']}"
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     method="|".join(map(re.escape, METHODS)),
     reg="|".join(map(re.escape, REGS)),
-    setting="|".join(SETTINGS),
+    setting="|".join(map(re.escape, SETTINGS)),
     task="|".join(TASKS),
     seq=r"\d+",
     step=r"\d+",
@@ -48,7 +48,16 @@ def get_regularizer(w):
 
 
 def get_stats(w):
-    return [f"data/stats/{w.model}/{module}.safetensors" for module in ehc.stats_modules(cfg, w.model, w.method)]
+    return [f"data/stats/{w.model}/{CORPUS}/{module}.safetensors"
+            for module in ehc.stats_modules(cfg, w.model, w.method, w.reg)]
+
+
+def get_editor(w):
+    return [f"data/editors/{w.model}/{w.method}.safetensors"] if ehc.trainable(cfg, w.method) else []
+
+
+def get_config_deltas(w):
+    return [f"data/edits/{config_dir(w)}/step-{step}.safetensors" for step in SETTING_STEPS[w.setting]]
 
 
 def get_task_data(w):
@@ -73,14 +82,28 @@ def labels(w, **extra):
     for key in ("seq", "step"):
         if hasattr(w, key):
             out[key] = int(getattr(w, key))
+    if "step" in out and out.get("setting") in SETTING_STEPS:
+        out["edits"] = ehc.edits_at(cfg, out["setting"], out["step"])
     return as_json(out)
 
 
 def get_all_metrics(w=None):
     base = expand("data/eval/{model}/base/{task}.json", model=MODELS, task=TASKS)
-    edited = expand(
-        "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
-        model=MODELS, method=METHODS, reg=REGS, setting=SETTINGS, seq=SEQS, step=EDIT_STEPS,
-        task=TASKS + ["editing"],
-    )
+    edited = [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
+            model=MODELS, method=METHODS, reg=REGS, setting=[setting], seq=SEQS,
+            step=[s for s in SETTING_STEPS[setting] if s > 0], task=TASKS + ["editing"],
+        )
+    ]
     return base + edited
+
+
+def get_all_weights(kind):
+    """Every configuration's weight-change table (kind "weights") or heatmap table (kind "heatmap")."""
+    return expand(
+        "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/{kind}.parquet",
+        model=MODELS, method=METHODS, reg=REGS, setting=SETTINGS, seq=SEQS, kind=[kind],
+    )

@@ -1,32 +1,92 @@
-# One sequential pass per configuration; the accumulated dW is saved at every evaluation step.
+# One pass per configuration and setting writes the dW held by the model at every checkpoint step;
+# trainable methods (MEND) first train their editor once per model.
 
 
-rule apply_edits:
+rule train_editor:
     input:
         model="data/models/{model}",
-        sequence="data/sequences/{setting}/seq{seq}.parquet",
-        stats=get_stats,
+        records=lambda w: f"data/datasets/{ehc.train_dataset(cfg, w.method)}",
     output:
-        expand("data/edits/{{model}}/{{method}}/{{reg}}/{{setting}}/seq{{seq}}/step-{step}.safetensors", step=STEPS),
+        "data/editors/{model}/{method}.safetensors",
     params:
         method=get_method,
-        reg=get_regularizer,
-        steps=",".join(map(str, STEPS)),
-        seed=lambda w: cfg["seed"] + int(w.seq),
-        out_dir=lambda w: f"data/edits/{config_dir(w)}",
+        seed=cfg["seed"],
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]
     log:
-        "logs/apply_edits/{model}/{method}/{reg}/{setting}/seq{seq}.log",
+        "logs/train_editor/{model}/{method}.log",
     benchmark:
-        "benchmarks/apply_edits/{model}/{method}/{reg}/{setting}/seq{seq}.tsv"
+        "benchmarks/train_editor/{model}/{method}.tsv"
     resources:
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=32000,
+        runtime=480,
         gpu=GPU,
     shell:
-        "editharm --log {log} apply-edits --model {input.model} --sequence {input.sequence} "
-        "--method {params.method:q} --reg {params.reg:q} --steps {params.steps} --stats {input.stats} "
-        "--seed {params.seed} --device {params.device} --dtype {params.dtype} --threads {threads} "
-        "--out-dir {params.out_dir}"
+        "editharm --log {log} train-editor --model {input.model} --method {params.method:q} "
+        "--records {input.records} --seed {params.seed} --device {params.device} --dtype {params.dtype} "
+        "--threads {threads} --out {output}"
+
+
+# A setting fixes the checkpoint steps, and a rule's outputs cannot depend on a wildcard: one rule each.
+for _setting in SETTINGS:
+
+    rule:
+        name:
+            f"apply_edits_{_setting}"
+        input:
+            model="data/models/{model}",
+            sequence="data/sequences/seq{seq}.parquet",
+            stats=get_stats,
+            editor=get_editor,
+        output:
+            expand(
+                "data/edits/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}.safetensors",
+                setting=_setting,
+                step=SETTING_STEPS[_setting],
+            ),
+        params:
+            method=get_method,
+            reg=get_regularizer,
+            setting=as_json(ehc.setting_spec(cfg, _setting)),
+            steps=",".join(map(str, SETTING_STEPS[_setting])),
+            seed=lambda w: cfg["seed"] + int(w.seq),
+            out_dir=lambda w, setting=_setting: f"data/edits/{w.model}/{w.method}/{w.reg}/{setting}/seq{w.seq}",
+            editor=lambda w, input: f"--editor {input.editor}" if input.editor else "",
+            device=cfg["device"],
+            dtype=cfg["dtype"],
+        threads: cfg["threads"]
+        log:
+            f"logs/apply_edits/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.log",
+        benchmark:
+            f"benchmarks/apply_edits/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.tsv"
+        resources:
+            mem_mb=16000,
+            runtime=240,
+            gpu=GPU,
+        shell:
+            "editharm --log {log} apply-edits --model {input.model} --sequence {input.sequence} "
+            "--method {params.method:q} --reg {params.reg:q} --setting {params.setting:q} --steps {params.steps} "
+            "--stats {input.stats} {params.editor} --seed {params.seed} --device {params.device} "
+            "--dtype {params.dtype} --threads {threads} --out-dir {params.out_dir}"
+
+
+rule weight_stats:
+    input:
+        model="data/models/{model}",
+        deltas=get_config_deltas,
+    output:
+        stats="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/weights.parquet",
+        heatmap="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/heatmap.parquet",
+    params:
+        thresholds=" ".join(map(str, cfg["weights"]["thresholds"])),
+        labels=lambda w: labels(w),
+    log:
+        "logs/weight_stats/{model}/{method}/{reg}/{setting}/seq{seq}.log",
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    shell:
+        "editharm --log {log} weight-stats --model {input.model} --deltas {input.deltas} "
+        "--thresholds {params.thresholds} --labels {params.labels:q} --out-stats {output.stats} "
+        "--out-heatmap {output.heatmap}"

@@ -61,12 +61,13 @@ rule evaluate_edits:
     input:
         model="data/models/{model}",
         delta=get_delta,
-        sequence="data/sequences/{setting}/seq{seq}.parquet",
+        sequence="data/sequences/seq{seq}.parquet",
     output:
         predictions="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.parquet",
         metrics="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.json",
     params:
         labels=lambda w: labels(w),
+        fluency=cfg["evaluation"]["fluency_tokens"],
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]
@@ -80,5 +81,5 @@ rule evaluate_edits:
         gpu=GPU,
     shell:
         "editharm --log {log} evaluate-edits --model {input.model} --delta {input.delta} "
-        "--sequence {input.sequence} --labels {params.labels:q} --device {params.device} --dtype {params.dtype} "
+        "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} --device {params.device} --dtype {params.dtype} "
         "--threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"

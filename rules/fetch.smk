@@ -37,14 +37,15 @@ rule fetch_dataset:
 
 rule fetch_corpus:
     output:
-        "data/corpora/stats-n{n}.jsonl",
+        f"data/corpora/{CORPUS}.jsonl",
     params:
         source=cfg["stats"].get("corpus", ""),
         sha256=sha256_flag(cfg["stats"].get("sha256")),
+        n=cfg["stats"]["n"],
     log:
-        "logs/fetch_corpus/stats-n{n}.log",
+        f"logs/fetch_corpus/{CORPUS}.log",
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "editharm --log {log} fetch-corpus --source {params.source:q} --n {wildcards.n} --out {output} {params.sha256}"
+        "editharm --log {log} fetch-corpus --source {params.source:q} --n {params.n} --out {output} {params.sha256}"

@@ -1,4 +1,4 @@
-# Seeded edit sequences, shared by every method and regularizer.
+# Seeded edit sequences, shared by every setting, method and regularizer.
 localrules: make_sequence
 
 
@@ -6,12 +6,12 @@ rule make_sequence:
     input:
         records=f"data/datasets/{cfg['sequences']['dataset']}",
     output:
-        "data/sequences/{setting}/seq{seq}.parquet",
+        "data/sequences/seq{seq}.parquet",
     params:
         n_edits=cfg["sequences"]["n_edits"],
         seed=lambda w: cfg["seed"] + int(w.seq),
     log:
-        "logs/make_sequence/{setting}/seq{seq}.log",
+        "logs/make_sequence/seq{seq}.log",
     shell:
         "editharm --log {log} make-sequence --records {input.records} --n-edits {params.n_edits} "
-        "--seed {params.seed} --setting {wildcards.setting} --out {output}"
+        "--seed {params.seed} --out {output}"

@@ -1,12 +1,13 @@
-# Second-moment statistics E[k kT] per (model, module), computed once and shared by every method.
+# Second-moment statistics E[k kT] per (model, corpus and n, module), computed once and shared by every
+# method and regularizer that needs them.
 
 
 rule collect_stats:
     input:
         model="data/models/{model}",
-        corpus=f"data/corpora/stats-n{cfg['stats']['n']}.jsonl",
+        corpus=f"data/corpora/{CORPUS}.jsonl",
     output:
-        "data/stats/{model}/{module}.safetensors",
+        f"data/stats/{{model}}/{CORPUS}/{{module}}.safetensors",
     params:
         n=cfg["stats"]["n"],
         max_length=cfg["stats"]["max_length"],
@@ -14,9 +15,9 @@ rule collect_stats:
         dtype=cfg["dtype"],
     threads: cfg["threads"]
     log:
-        "logs/collect_stats/{model}/{module}.log",
+        f"logs/collect_stats/{{model}}/{CORPUS}/{{module}}.log",
     benchmark:
-        "benchmarks/collect_stats/{model}/{module}.tsv"
+        f"benchmarks/collect_stats/{{model}}/{CORPUS}/{{module}}.tsv"
     resources:
         mem_mb=8000,
         runtime=120,

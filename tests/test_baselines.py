@@ -6,6 +6,7 @@ import torch
 
 from editharm.config import ParamsError
 from editharm.regularizers import REGULARIZERS
+from helpers import reg_context
 
 SHAPES = [(7, 5), (5, 7), (16, 16), (1, 9), (64, 24)]
 
@@ -17,14 +18,14 @@ def test_random_keeps_exactly_ceil_kn_entries_seeded(shape, k):
     delta = torch.randn(shape, generator=torch.Generator().manual_seed(1)) + 10  # no zero entries
     weight = torch.randn(shape)
     params = reg.Params.from_dict({"k": k})
-    out = reg.apply("w", weight, delta, params, torch.Generator().manual_seed(7))
+    out = reg.apply(delta, params, reg_context(weight, seed=7))
     kept = out != 0
     assert kept.sum().item() == math.ceil(round(k * delta.numel(), 9))
     assert torch.equal(out[kept], delta[kept])  # kept entries are untouched
-    again = reg.apply("w", weight, delta, params, torch.Generator().manual_seed(7))
+    again = reg.apply(delta, params, reg_context(weight, seed=7))
     assert torch.equal(out, again)
     if 1 < kept.sum() < delta.numel():
-        other = reg.apply("w", weight, delta, params, torch.Generator().manual_seed(8))
+        other = reg.apply(delta, params, reg_context(weight, seed=8))
         assert not torch.equal(out != 0, other != 0)
 
 
@@ -33,7 +34,7 @@ def test_random_keeps_exactly_ceil_kn_entries_seeded(shape, k):
 def test_pca_keeps_the_best_rank_r_approximation(shape, k):
     reg = REGULARIZERS.get("pca")
     delta = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    out = reg.apply("w", torch.ones(shape), delta, reg.Params.from_dict({"k": k}), torch.Generator())
+    out = reg.apply(delta, reg.Params.from_dict({"k": k}), reg_context(torch.ones(shape)))
     r = math.ceil(round(k * min(shape), 9))
     assert torch.linalg.matrix_rank(out).item() == r
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
@@ -45,7 +46,7 @@ def test_pca_keeps_the_best_rank_r_approximation(shape, k):
 def test_pca_leaves_a_rank_one_update_unchanged():
     reg = REGULARIZERS.get("pca")
     delta = torch.outer(torch.arange(1.0, 7.0), torch.arange(1.0, 5.0))
-    out = reg.apply("w", torch.ones(6, 4), delta, reg.Params.from_dict({"k": 0.25}), torch.Generator())
+    out = reg.apply(delta, reg.Params.from_dict({"k": 0.25}), reg_context(torch.ones(6, 4)))
     assert torch.allclose(out, delta, atol=1e-5)
 
 

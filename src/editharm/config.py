@@ -141,6 +141,22 @@ def _check_names(cfg: dict, source: str) -> None:
                 method_hparams(cfg, model, label)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ParamsError(f"{source}: key 'methods.{label}.hparams' (model {model!r}): {exc}") from None
+    for label, spec in cfg["methods"].items():
+        if METHODS.get(spec.get("kind", label)).trainable():
+            train = spec.get("train_dataset", "zsre_train")
+            if train not in cfg["datasets"]:
+                raise ParamsError(
+                    f"{source}: key 'methods.{label}.train_dataset' is {train!r}, which has no source under "
+                    f"'datasets'; add 'datasets.{train}' (a train split, disjoint from the edited records)"
+                )
+        elif "train_dataset" in spec:
+            raise ParamsError(f"{source}: key 'methods.{label}.train_dataset': method {label!r} has no training "
+                              "step; allowed only for trainable methods (mend)")
+    for label in cfg["settings"]:
+        try:
+            setting_steps(cfg, label)
+        except ValueError as exc:
+            raise ParamsError(f"{source}: key 'settings.{label}': {exc}") from None
     for label, spec in cfg["regularizers"].items():
         kind = spec.get("kind", label)
         try:
@@ -203,19 +219,63 @@ def eval_steps(cfg: dict) -> list[int]:
     return sorted(cfg["steps"])
 
 
+def setting_spec(cfg: dict, label: str) -> dict:
+    """{"kind": ..., and the setting's own keys} for a label under `settings`."""
+    spec = dict(cfg["settings"][label])
+    return {"kind": spec.pop("kind", label), **spec}
+
+
+def setting_of(cfg: dict, label: str):
+    from editharm.settings import Setting
+
+    spec = setting_spec(cfg, label)
+    return Setting.from_params(spec.pop("kind"), spec)
+
+
+def setting_steps(cfg: dict, label: str) -> list[int]:
+    """Checkpoint steps of a setting (0 first), see editharm.settings."""
+    return setting_of(cfg, label).resolve_steps(eval_steps(cfg), cfg["sequences"]["n_edits"])
+
+
+def edits_at(cfg: dict, label: str, step: int) -> int:
+    return setting_of(cfg, label).edits_at(step)
+
+
+def trainable(cfg: dict, label: str) -> bool:
+    from editharm.methods import METHODS
+
+    return METHODS.get(cfg["methods"][label].get("kind", label)).trainable()
+
+
+def train_dataset(cfg: dict, label: str) -> str:
+    return cfg["methods"][label].get("train_dataset", "zsre_train")
+
+
+def corpus_key(cfg: dict) -> str:
+    """A short name for the statistics corpus: the first hex digits of its source string's sha256."""
+    import hashlib
+
+    return "c" + hashlib.sha256(cfg["stats"].get("corpus", "").encode()).hexdigest()[:10]
+
+
 def _as_dict(params) -> dict:
     # Sorted JSON round trip: Snakemake compares params across runs as strings.
     return json.loads(json.dumps(params.to_dict(), sort_keys=True))
 
 
-def stats_modules(cfg: dict, model: str, label: str) -> list[str]:
-    """Module paths whose second-moment statistics method `label` needs on `model`."""
+def stats_modules(cfg: dict, model: str, label: str, reg: str | None = None) -> list[str]:
+    """Module paths whose second-moment statistics method `label` (wrapped by regularizer `reg`)
+    needs on `model`: the method's own, and its edited modules when the regularizer reads them."""
     from editharm.methods import METHODS
+    from editharm.regularizers import REGULARIZERS
 
     resolved = method_hparams(cfg, model, label)
     cls = METHODS.get(resolved["kind"])
     hp = cls.Hparams.from_dict(resolved["hparams"])
-    return list(cls.stats_modules(hp))
+    modules = list(cls.stats_modules(hp))
+    if reg is not None and REGULARIZERS.get(regularizer_params(cfg, reg)["kind"]).needs_stats:
+        modules += [m for m in cls.edited_modules(hp) if m not in modules]
+    return modules
 
 
 def report_context(cfg: dict) -> dict:
@@ -231,7 +291,7 @@ def report_context(cfg: dict) -> dict:
         "edit_dataset": f"{cfg['sequences']['dataset']} ({cfg['datasets'][cfg['sequences']['dataset']]})",
         "datasets": [describe_source(name, src) for name, src in cfg["datasets"].items()],
         "settings": {
-            "settings": list(cfg["settings"]),
+            "settings": {label: setting_spec(cfg, label) for label in cfg["settings"]},
             "n_edits": cfg["sequences"]["n_edits"],
             "sequences": cfg["sequences"]["count"],
             "steps": eval_steps(cfg),

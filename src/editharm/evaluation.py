@@ -6,8 +6,11 @@ Editing metrics follow EasyEdit's teacher-forced token accuracy: the model reads
 - generalization: the same after `rephrase_prompt`;
 - locality: share of the `locality_answer` positions whose argmax token is unchanged from
   the unedited model (`base_argmax`), whatever the answer's own tokens are;
-- portability: share of `portability_answer` tokens predicted after `portability_prompt`.
+- portability: share of `portability_answer` tokens predicted after `portability_prompt`;
+- fluency: ROME's weighted bi/tri-gram entropy of a greedy continuation of the edit prompt.
 A record without the prompt for a metric gets NaN there; summaries average over the rest.
+Summaries are over the latest edit call's records (the usual editing metrics) and, with an
+"_all" suffix, over every edit in the model so far (retention of earlier edits).
 """
 from __future__ import annotations
 
@@ -19,11 +22,14 @@ from typing import Any, Sequence
 import pandas as pd
 
 from editharm.generation import choice_scores, greedy_generate, teacher_forced
+from editharm.metrics import ngram_entropy
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
 
 EDIT_METRICS = ("reliability", "generalization", "locality", "portability")
+# Measured on the latest edits only: a generation per prompt is the expensive part.
+FLUENCY = "fluency"
 
 
 def evaluate_task(model, tok, task, items: Sequence[Any], *, batch_size: int = 8) -> tuple[pd.DataFrame, dict]:
@@ -92,15 +98,23 @@ def edit_metrics(
     tok,
     records: Sequence[EditRecord],
     *,
+    latest: set[str] | None = None,
     base_predictions: list[list[int]] | None = None,
     batch_size: int = 8,
+    fluency_tokens: int = 0,
 ) -> tuple[pd.DataFrame, dict]:
-    """Per-record reliability, generalization, locality, portability (columns id + those),
-    and their means {"reliability", "generalization", "locality", "portability", "n"}.
+    """Per-record metrics (columns id, latest, the EDIT_METRICS, fluency) and their means.
 
+    `latest` holds the ids of the last edit call's records (default: all records); the summary
+    has each metric over those and `<metric>_all` over every record, plus `fluency` over the
+    latest records when `fluency_tokens` > 0 (greedy tokens generated per prompt), and "n".
     `base_predictions` is `base_argmax` of the unedited model on the same records; without
     it locality is NaN per record and None in the summary (it cannot be measured).
     """
+    latest = {r.id for r in records} if latest is None else set(latest)
+    unknown = latest - {r.id for r in records}
+    if unknown:
+        raise ValueError(f"latest edit id(s) {sorted(unknown)} are not among the records")
     if base_predictions is not None and len(base_predictions) != len(records):
         raise ValueError(f"base_predictions has {len(base_predictions)} entries for {len(records)} records")
     columns: dict[str, list[float]] = {
@@ -115,8 +129,24 @@ def edit_metrics(
     else:
         after = base_argmax(model, tok, records, batch_size=batch_size)
         columns["locality"] = [_locality(r, b, a) for r, b, a in zip(records, base_predictions, after)]
-    frame = pd.DataFrame({"id": [r.id for r in records], **{m: columns[m] for m in EDIT_METRICS}})
-    summary: dict[str, Any] = {m: _mean(columns[m]) for m in EDIT_METRICS}
+    is_latest = [r.id in latest for r in records]
+    columns[FLUENCY] = [math.nan] * len(records)
+    generations = [""] * len(records)
+    if fluency_tokens > 0:
+        rows = [i for i, flag in enumerate(is_latest) if flag]
+        texts = greedy_generate(model, tok, [records[i].prompt for i in rows], max_new_tokens=fluency_tokens,
+                                batch_size=batch_size, progress=False)
+        for i, text in zip(rows, texts):
+            columns[FLUENCY][i] = ngram_entropy(f"{records[i].prompt} {text}")
+            generations[i] = text
+    frame = pd.DataFrame({"id": [r.id for r in records], "latest": is_latest,
+                          **{m: columns[m] for m in (*EDIT_METRICS, FLUENCY)}, "generation": generations})
+    summary: dict[str, Any] = {}
+    for m in EDIT_METRICS:
+        summary[m] = _mean([v for v, flag in zip(columns[m], is_latest) if flag])
+        summary[f"{m}_all"] = _mean(columns[m])
+    if fluency_tokens > 0:
+        summary[FLUENCY] = _mean(columns[FLUENCY])
     summary["n"] = len(records)
     return frame, summary
 

@@ -92,6 +92,23 @@ Entity = tuple[str, str]  # (type, surface string)
 _CLOSING = {",", ".", ";", ":", "!", "?"}
 
 
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """ROME's fluency score: the weighted mean of the n-gram entropies (bits) of one text.
+
+    For each n the entropy of the text's n-gram frequency distribution is taken; the result is
+    mean(w_n · H_n), so repetitive text (a model stuck in a loop) scores low. Words are
+    lower-cased runs of letters/digits or single punctuation marks (ROME tokenizes with NLTK; the
+    two agree on plain prose). A text with no n-grams of some n contributes 0 for it.
+    """
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    entropies = []
+    for n in ns:
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        entropies.append(-sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0)
+    return sum(w * h for w, h in zip(weights, entropies)) / len(ns)
+
+
 def detokenize(tokens: Sequence[str]) -> str:
     text = ""
     for tok in tokens:

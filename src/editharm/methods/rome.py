@@ -338,12 +338,17 @@ class Rome(EditMethod):
         return [edited_matrix(model, hparams.module_path)[0]]
 
     @classmethod
+    def edited_modules(cls, hparams: RomeHparams) -> list[str]:
+        return [hparams.module_path]
+
+    @classmethod
     def stats_modules(cls, hparams: RomeHparams) -> list[str]:
         return [hparams.module_path] if hparams.mom2_adjustment else []
 
     @classmethod
     def compute_delta(
-        cls, model, tok, records: list[EditRecord], hparams: RomeHparams, *, stats: Optional[Stats] = None
+        cls, model, tok, records: list[EditRecord], hparams: RomeHparams, *, stats: Optional[Stats] = None,
+        state=None, editor=None,
     ) -> dict[str, torch.Tensor]:
         """Records are edited one after another (each sees the earlier ones); the model is restored."""
         if not records:

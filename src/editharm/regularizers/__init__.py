@@ -1,12 +1,13 @@
-"""Regularizers: functions of one edited matrix's W and ΔW that return the ΔW actually applied.
+"""Regularizers: functions of one edited matrix's ΔW (and what is known about it) that return the ΔW
+actually applied.
 
-They wrap any editing method, because they see only weights: RECT, Random k%, PCA k% and the like
-share this slot.
+They wrap any editing method because they see only weights, statistics and their own state: RECT,
+Random k%, PCA k%, PRUNE and null-space projection share this slot.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
@@ -14,17 +15,31 @@ from editharm.params import TypedParams
 from editharm.registry import Registry
 
 
+@dataclass
+class RegContext:
+    """What a regularizer may read about one edited parameter at one edit call."""
+
+    param_name: str
+    module_path: str  # the module whose weight this is (its input statistics are keyed by it)
+    weight: torch.Tensor  # current value, before this call's ΔW
+    original: torch.Tensor  # value before the first edit of the sequence
+    transposed: bool  # True for GPT-2 Conv1D (in, out) layout, False for nn.Linear (out, in)
+    generator: torch.Generator
+    stats: Optional[Callable[[str], torch.Tensor]] = None  # module path -> E[k kᵀ] of its input
+    state: dict[str, Any] = field(default_factory=dict)  # persists over one sequence, per parameter
+
+
 class Regularizer:
     """Subclasses set `name` and `Params` and implement `apply`."""
 
     name: ClassVar[str]
     Params: ClassVar[type[TypedParams]]
+    # True when `apply` reads ctx.stats for the edited module (the pipeline then computes them).
+    needs_stats: ClassVar[bool] = False
 
     @classmethod
-    def apply(
-        cls, param_name: str, weight: torch.Tensor, delta: torch.Tensor, params, generator: torch.Generator
-    ) -> torch.Tensor:
-        """ΔW' for one parameter; `weight` is its current value, both in the parameter's layout."""
+    def apply(cls, delta: torch.Tensor, params, ctx: RegContext) -> torch.Tensor:
+        """ΔW' for one parameter, in the parameter's layout."""
         raise NotImplementedError
 
 
@@ -42,9 +57,9 @@ class Identity(Regularizer):
     Params = NoParams
 
     @classmethod
-    def apply(cls, param_name, weight, delta, params, generator):
+    def apply(cls, delta, params, ctx):
         return delta
 
 
-# Imported for its side effect of registering; after the definitions above, which it uses.
-from editharm.regularizers import baselines, rect  # noqa: E402,F401
+# Imported for their side effect of registering; after the definitions above, which they use.
+from editharm.regularizers import baselines, nullspace, prune, rect  # noqa: E402,F401

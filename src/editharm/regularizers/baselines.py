@@ -22,9 +22,9 @@ class RandomShare(Regularizer):
     Params = ShareParams
 
     @classmethod
-    def apply(cls, param_name, weight, delta, params: ShareParams, generator):
+    def apply(cls, delta, params: ShareParams, ctx):
         # The same selection as RECT, with random scores in place of the relative change.
-        scores = torch.rand(delta.shape, generator=generator).to(delta.device)
+        scores = torch.rand(delta.shape, generator=ctx.generator).to(delta.device)
         mask = top_mask(scores, n_kept(params.k, delta.numel()))
         return torch.where(mask, delta, torch.zeros_like(delta))
 
@@ -39,9 +39,9 @@ class PcaShare(Regularizer):
     Params = ShareParams
 
     @classmethod
-    def apply(cls, param_name, weight, delta, params: ShareParams, generator):
+    def apply(cls, delta, params: ShareParams, ctx):
         if delta.dim() != 2:
-            raise ValueError(f"pca regularizer: {param_name} has shape {tuple(delta.shape)}; it needs a matrix")
+            raise ValueError(f"pca regularizer: {ctx.param_name} has shape {tuple(delta.shape)}; it needs a matrix")
         r = pca_rank(params.k, delta.shape)
         if r >= min(delta.shape):
             return delta

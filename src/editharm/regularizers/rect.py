@@ -53,6 +53,6 @@ class Rect(Regularizer):
     Params = ShareParams
 
     @classmethod
-    def apply(cls, param_name, weight, delta, params: ShareParams, generator):
-        mask = top_mask(relative_change(weight, delta), n_kept(params.k, delta.numel()))
+    def apply(cls, delta, params: ShareParams, ctx):
+        mask = top_mask(relative_change(ctx.weight, delta), n_kept(params.k, delta.numel()))
         return torch.where(mask, delta, torch.zeros_like(delta))
