@@ -44,7 +44,8 @@ def test_default_grid_dry_run_job_counts(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "params.yaml"))
     counts = job_counts(proc.stdout + proc.stderr)
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
-    configs = len(cfg["methods"]) * len(cfg["regularizers"]) * len(cfg["settings"]) * cfg["sequences"]["count"]
+    (setting,) = cfg["settings"]
+    configs = len(cfg["methods"]) * len(cfg["regularizers"]) * cfg["sequences"]["count"]
     tasks = len(cfg["evaluation"]["tasks"])
     edit_steps = len([s for s in cfg["steps"] if s > 0])
     assert counts == {
@@ -54,13 +55,14 @@ def test_default_grid_dry_run_job_counts(tmp_path):
         "fetch_corpus": 1,
         "collect_stats": 1,  # one (model, module), shared by both configurations
         "make_sequence": 1,  # one sequence, shared by both configurations
-        "apply_edits": configs,
+        f"apply_edits_{setting}": configs,
+        "weight_stats": configs,
         "evaluate_base": tasks,
         "evaluate_task": configs * edit_steps * tasks,
         "evaluate_edits": configs * edit_steps,
         "aggregate_metrics": 1,
         "build_report": 1,
-        "total": 16 + configs + tasks + configs * edit_steps * (tasks + 1),
+        "total": 16 + 2 * configs + tasks + configs * edit_steps * (tasks + 1),
     }
 
 
@@ -109,7 +111,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_writes_report_and_artifacts(tiny_run):
     work, proc = tiny_run
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["apply_edits"] == 2 and counts["evaluate_task"] == 2 * 2 * 2 and counts["evaluate_base"] == 2
+    assert counts["apply_edits_instance_sequential"] == 2 and counts["evaluate_task"] == 2 * 2 * 2 and counts["evaluate_base"] == 2
     html = (work / "reports/index.html").read_text()
     assert "demo data" in html and "tiny" in html and "<script src=" not in html
     edits = work / "data/edits/tiny/rome"
@@ -126,10 +128,10 @@ def test_tiny_run_writes_report_and_artifacts(tiny_run):
 
 
 def test_rect_keeps_the_configured_share_in_the_pipeline(tiny_run):
-    from safetensors.torch import load_file
+    from editharm.deltas import load_delta
 
     work, _ = tiny_run
-    step1 = load_file(work / "data/edits/tiny/rome/rect/instance_sequential/seq0/step-1.safetensors")
+    step1, _ = load_delta(work / "data/edits/tiny/rome/rect/instance_sequential/seq0/step-1.safetensors")
     (name, delta), = step1.items()
     assert (delta != 0).sum().item() == -(-delta.numel() // 2)  # ceil(0.5 * n) entries survive one edit
 
@@ -147,7 +149,7 @@ def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
     (work / "tiny-k.yaml").write_text(yaml.safe_dump(params))
     proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(work / "tiny-k.yaml"))
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts == {"apply_edits": 1, "evaluate_task": 4, "evaluate_edits": 2, "aggregate_metrics": 1,
-                      "build_report": 1, "all": 1, "total": 10}
+    assert counts == {"apply_edits_instance_sequential": 1, "evaluate_task": 4, "evaluate_edits": 2,
+                      "weight_stats": 1, "aggregate_metrics": 1, "build_report": 1, "all": 1, "total": 11}
     jobs = proc.stdout + proc.stderr
     assert "reg=rect" in jobs and "reg=none" not in jobs

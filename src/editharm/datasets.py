@@ -44,6 +44,11 @@ for _spec in (
         "Levy et al. 2017, Zero-Shot Relation Extraction via Reading Comprehension; "
         "split for editing by De Cao et al. 2021 and Mitchell et al. 2022 (MEND)",
     ),
+    DatasetSpec(
+        "zsre_train", "ZsRE train split (for trainable editors such as MEND)", ("*.json",), "zsre_demo_train.json",
+        "see the MEND / ROME ZsRE releases and the underlying zero-shot relation extraction data",
+        "Levy et al. 2017; the train split of De Cao et al. 2021 and Mitchell et al. 2022 (zsre_mem_train.json)",
+    ),
     DatasetSpec("gsm8k", "GSM8K test", ("test.jsonl",), "gsm8k", "MIT",
                 "Cobbe et al. 2021, Training Verifiers to Solve Math Word Problems"),
     DatasetSpec("rte", "RTE (GLUE)", ("dev.tsv",), "rte", "GLUE / PASCAL RTE terms",
