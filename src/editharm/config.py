@@ -167,6 +167,14 @@ def _check_names(cfg: dict, source: str) -> None:
             regularizer_params(cfg, label)
         except (ValueError, TypeError) as exc:
             raise ParamsError(f"{source}: key 'regularizers.{label}': {exc}") from None
+        if REGULARIZERS.get(kind).needs_stats:
+            for method in cfg["methods"]:
+                for model in cfg["models"]:
+                    try:
+                        stats_modules(cfg, model, method, label)
+                    except (ValueError, NotImplementedError) as exc:
+                        raise ParamsError(f"{source}: key 'regularizers.{label}' reads statistics of the modules "
+                                          f"method {method!r} edits, which it cannot name: {exc}") from None
 
 
 # ---- derived values (what each job receives through Snakemake `params:`) ----
