@@ -35,7 +35,7 @@ def zsre(**overrides):
 
 
 def test_dataset_and_source_registries():
-    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", *TASK_DATASETS}
+    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", "zsre_train", *TASK_DATASETS}
     assert set(DATASET_SOURCES.names()) == {"embedded", "local"}
 
 

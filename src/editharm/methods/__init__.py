@@ -77,4 +77,4 @@ class EditMethod:
 METHODS: Registry[type[EditMethod]] = Registry("method")
 
 # Imported for its side effect of registering; after the definitions above, which it uses.
-from editharm.methods import ft, kn, mend, rome  # noqa: E402,F401
+from editharm.methods import alphaedit, ft, kn, memit, mend, rome  # noqa: E402,F401
