@@ -153,3 +153,84 @@ def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
                       "weight_stats": 1, "aggregate_metrics": 1, "build_report": 1, "all": 1, "total": 11}
     jobs = proc.stdout + proc.stderr
     assert "reg=rect" in jobs and "reg=none" not in jobs
+
+
+METHOD_KINDS = ["rome", "memit", "alphaedit", "kn", "ft_l", "ft_m", "mend"]
+REG_SPECS = {"none": {}, "rect": {"k": 0.5}, "random": {"k": 0.5}, "pca": {"k": 0.5}, "prune": {},
+             "nullspace": {"threshold": 0.01, "relative": True}}
+SETTING_SPECS = {"instance_single": {}, "instance_sequential": {}, "batch_single": {"batch_sizes": [2, 3]},
+                 "batch_sequential": {"batch_size": 2}}
+
+
+def grid_params(work: Path, methods, regs, settings) -> dict:
+    params = tiny_params(work)
+    params["datasets"]["zsre_train"] = "embedded:demo"
+    params["methods"] = {m: ({"train_dataset": "zsre_train"} if m == "mend" else {}) for m in methods}
+    params["regularizers"] = {r: REG_SPECS[r] for r in regs}
+    params["settings"] = {s: SETTING_SPECS[s] for s in settings}
+    params["evaluation"] = {"limit": 2, "batch_size": 2, "fluency_tokens": 4, "tasks": {"sst2": {}}}
+    return params
+
+
+def test_full_grid_dry_run_job_counts(tmp_path):
+    """Every method × regularizer × setting in one params file, with the job counts worked out by hand."""
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid_params(tmp_path, METHOD_KINDS, REG_SPECS, SETTING_SPECS)))
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(tmp_path / "grid.yaml"))
+    counts = job_counts(proc.stdout + proc.stderr)
+    configs = 7 * 6
+    # nonzero checkpoint steps with n_edits 3 and steps [0, 1, 3]: instance_single 1 and 3, instance_sequential
+    # 1 and 3, batch_single the sizes 2 and 3, batch_sequential (batches of 2) only 1
+    checkpoints = configs * (2 + 2 + 2 + 1)
+    # statistics: down_proj 1 (ROME), 0 and 1 (MEMIT, AlphaEdit), 2 (KN, for nullspace), gate/up of layers 1
+    # and 2 (MEND, for nullspace): 7 modules, each computed once for every method and regularizer reading it
+    assert counts == {
+        "fetch_model": 1, "fetch_dataset": 3, "fetch_corpus": 1, "make_sequence": 1, "collect_stats": 7,
+        "train_editor": 1,
+        **{f"apply_edits_{s}": configs for s in SETTING_SPECS},
+        "weight_stats": configs * 4, "evaluate_base": 1, "evaluate_task": checkpoints, "evaluate_edits": checkpoints,
+        "aggregate_metrics": 1, "build_report": 1, "all": 1,
+        "total": 18 + configs * 4 + configs * 4 + 2 * checkpoints,
+    }
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """Each method, each regularizer and each setting through the real pipeline, in three runs sharing one
+    working directory (so the later runs reuse the model, data, sequence, statistics and base evaluation)."""
+    work = tmp_path_factory.mktemp("grid-run")
+    runs = {
+        "methods": (METHOD_KINDS, ["none"], ["batch_sequential"]),
+        "regs": (["rome"], list(REG_SPECS), ["instance_sequential"]),
+        "settings": (["memit"], ["none"], ["instance_single", "batch_single"]),
+    }
+    procs = {}
+    for name, (methods, regs, settings) in runs.items():
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(grid_params(work, methods, regs, settings)))
+        procs[name] = snakemake(work, "--cores", "2", "--configfile", str(work / f"{name}.yaml"))
+    return work, procs
+
+
+def test_every_method_regularizer_and_setting_runs_to_a_report(grid_run):
+    from editharm.deltas import delta_layout, load_delta
+
+    work, procs = grid_run
+    counts = {name: job_counts(p.stdout + p.stderr) for name, p in procs.items()}
+    assert counts["methods"]["train_editor"] == 1 and counts["methods"]["apply_edits_batch_sequential"] == 7
+    # statistics computed in the first run are reused: the later runs compute only modules new to them
+    assert "collect_stats" not in counts["settings"]
+    assert "Weight change" in (work / "reports/index.html").read_text()
+    edits = work / "data/edits/tiny"
+    for method in METHOD_KINDS:
+        delta, meta = load_delta(edits / method / "none/batch_sequential/seq0/step-1.safetensors")
+        assert meta["edits"] == 2 and len(meta["record_ids"]) == 2 and meta["latest_ids"] == meta["record_ids"]
+        assert any(d.abs().sum() > 0 for d in delta.values()), method
+    # rank-one ROME sums stay factored on disk; RECT's survivors are stored as a mask
+    assert {e["format"] for e in delta_layout(edits / "rome/none/instance_sequential/seq0/step-3.safetensors").values()} == {"lowrank"}
+    assert {e["format"] for e in delta_layout(edits / "rome/rect/instance_sequential/seq0/step-1.safetensors").values()} == {"masked"}
+    weights = pd.read_parquet(work / "data/eval/tiny/rome/prune/instance_sequential/seq0/weights.parquet")
+    assert list(weights["step"]) == [0, 1, 3] and weights["manhattan"].iloc[0] == 0
+    singles = pd.read_parquet(work / "reports/metrics/metrics.parquet")
+    edits_col = singles[(singles.setting == "batch_single") & (singles.task == "editing")]
+    assert sorted(set(edits_col["edits"])) == [2, 3]
+    assert set(singles[(singles.setting == "instance_single") & (singles.step > 0)]["edits"]) == {1}
+    assert {"reliability", "reliability_all", "fluency"} <= set(singles[singles.task == "editing"]["metric"])

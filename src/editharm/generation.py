@@ -23,6 +23,8 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from editharm.modeling import eval_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -318,6 +320,7 @@ def _pad_id(tok) -> int:
 
 
 def _device(model) -> torch.device:
+    # Any causal LM with parameters, not only Hugging Face ones (tests use a hand-built one).
     return next(model.parameters()).device
 
 
@@ -329,10 +332,5 @@ def _check_batch_size(batch_size: int) -> None:
 @contextmanager
 def _scoring_mode(model) -> Iterator[None]:
     """Eval mode (no dropout) and no autograd, restoring the caller's train/eval state."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        yield

@@ -1,8 +1,9 @@
 """Causal LMs: loading from local folders, batching token ids, and finding and hooking the modules edits touch."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,6 +45,41 @@ def load_model(
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def pad_id(tok) -> int:
+    """The id used for padding: the tokenizer's pad token, or 0 when it has none."""
+    return tok.pad_token_id if tok.pad_token_id is not None else 0
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device (the first layer's, under device maps)."""
+    return model.get_input_embeddings().weight.device
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter requires grad inside the block, so backward computes only the gradients of the
+    tensors an edit optimises; the flags are restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block, restoring the caller's train/eval state; autograd stays on."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:

@@ -62,5 +62,23 @@ class TypedParams:
         hints = typing.get_type_hints(cls)
         return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()})
 
+    @classmethod
+    def from_yaml_dict(cls, d: Mapping[str, Any]) -> "TypedParams":
+        """`from_dict` after turning strings in float fields into numbers.
+
+        PyYAML (YAML 1.1) reads "5e-4", which has no dot, as a string; hparams files written for
+        other tools (EasyEdit's) are full of such values.
+        """
+        hints = typing.get_type_hints(cls)
+        out = dict(d)
+        for key, value in d.items():
+            hint = hints.get(key)
+            if isinstance(value, str) and hint is not None and float in (typing.get_args(hint) or (hint,)):
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass  # from_dict names the key and the expected type
+        return cls.from_dict(out)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

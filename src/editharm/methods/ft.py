@@ -29,16 +29,14 @@ deterministic function of the weights and the records.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Iterator, Literal, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 import torch
 from torch.func import functional_call
 
 from editharm.methods import METHODS, EditMethod, Stats, TypedParams
-from editharm.methods.rome import _input_device, _pad_id
-from editharm.modeling import continuation_ids, edited_matrix, padded_batch
+from editharm.modeling import continuation_ids, edited_matrix, eval_mode, input_device, pad_id, padded_batch
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -51,17 +49,6 @@ _EASYEDIT_UNUSED = frozenset({
     "alg_name", "model_name", "device", "model_parallel", "fp16", "max_length",
     "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module",
 })
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for the block, restoring the caller's train/eval state; autograd stays on."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @dataclass(frozen=True)
@@ -118,15 +105,7 @@ class FtHparams(TypedParams):
             d["norm_constraint"] = None
         if isinstance(d.get("rewrite_module_tmp"), str) and d["rewrite_module_tmp"].endswith(".weight"):
             d["rewrite_module_tmp"] = d["rewrite_module_tmp"][: -len(".weight")]
-        # PyYAML reads "5e-4" (no dot) as a string; EasyEdit's files are full of such values.
-        floats = {f.name for f in fields(cls) if "float" in str(f.type)}
-        for key in floats & set(d):
-            if isinstance(d[key], str):
-                try:
-                    d[key] = float(d[key])
-                except ValueError:
-                    pass  # from_dict reports it
-        return cls.from_dict(d)
+        return cls.from_yaml_dict(d)
 
 
 @dataclass(frozen=True)
@@ -158,7 +137,7 @@ def make_batch(model, tok, records: list[EditRecord], objective: Objective) -> F
     prompts = [tok(r.prompt)["input_ids"] for r in records]
     targets = [continuation_ids(tok, r.target_new) for r in records]
     seqs = prompts if objective == "prompt_last" else [p + t for p, t in zip(prompts, targets)]
-    inputs, _ = padded_batch(seqs, _pad_id(tok), _input_device(model))
+    inputs, _ = padded_batch(seqs, pad_id(tok), input_device(model))
     width = max(len(t) for t in targets)
     # Left padding puts each row's target tokens in its last columns, so right-aligned targets
     # line up with the logits that predict them.

@@ -52,9 +52,8 @@ import torch
 
 from editharm.deltas import applied
 from editharm.methods import METHODS, EditMethod, Stats, TypedParams
-from editharm.methods.ft import eval_mode
-from editharm.methods.rome import _input_device, _pad_id, _PrefixCache
-from editharm.modeling import continuation_ids, edited_matrix, get_module
+from editharm.methods.rome import PrefixCache
+from editharm.modeling import continuation_ids, edited_matrix, eval_mode, get_module, input_device, pad_id
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ def last_token_activations(model, ids: list[int], paths: list[str]) -> torch.Ten
         for path in paths
     ]
     try:
-        model(input_ids=torch.tensor([ids], device=_input_device(model)), use_cache=False, logits_to_keep=1)
+        model(input_ids=torch.tensor([ids], device=input_device(model)), use_cache=False, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
@@ -150,7 +149,7 @@ def integrated_gradients(
 ) -> torch.Tensor:
     """(layers, intermediate) attribution scores of every neuron of `paths` for P(answer | ids)."""
     rows = hparams.batch_size
-    cache = _PrefixCache(model, [ids] * rows, [len(ids) - 1] * rows, _pad_id(tok))
+    cache = PrefixCache(model, [ids] * rows, [len(ids) - 1] * rows, pad_id(tok))
     alphas = torch.arange(1, hparams.steps + 1, device=activations.device, dtype=torch.float32) / hparams.steps
     scores = []
     for path, act in zip(paths, activations):

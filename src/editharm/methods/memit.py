@@ -18,7 +18,7 @@ layer loop (`spread_over_layers`) with its own solve.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
 import torch
@@ -27,14 +27,12 @@ from editharm.methods import METHODS, EditMethod, Stats, TypedParams
 from editharm.methods.rome import (
     SEED_WORDS,
     RomeHparams,
-    _encode,
-    _input_device,
-    _pad_id,
     context_prefixes,
+    encode_subject,
     subject_keys,
     target_shift,
 )
-from editharm.modeling import edited_matrix, output_hook, padded_batch
+from editharm.modeling import edited_matrix, input_device, output_hook, pad_id, padded_batch
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -120,15 +118,7 @@ class SpreadHparams(TypedParams):
         if selection != "all":
             raise ValueError(f"{cls.__name__}: layer_selection={selection!r} is not allowed; only 'all' "
                              "(every listed layer is edited)")
-        # PyYAML reads "5e-1" (no dot) as a string; EasyEdit's files are full of them.
-        floats = {f.name for f in fields(cls) if f.type in ("float", float)}
-        for key in floats & set(d):
-            if isinstance(d[key], str):
-                try:
-                    d[key] = float(d[key])
-                except ValueError:
-                    pass  # from_dict reports it
-        return cls.from_dict(d)
+        return cls.from_yaml_dict(d)
 
 
 @dataclass(frozen=True)
@@ -167,8 +157,8 @@ class _Seen(Exception):
 @torch.no_grad()
 def block_outputs(model, tok, records: list[EditRecord], hparams: SpreadHparams, layer: int) -> torch.Tensor:
     """The residual after `layer` at each record's subject's last token in the bare prompt (n × d, float64)."""
-    encoded = [_encode(tok, "", r.prompt, r.subject) for r in records]
-    inputs, pads = padded_batch([ids for ids, _ in encoded], _pad_id(tok), _input_device(model))
+    encoded = [encode_subject(tok, "", r.prompt, r.subject) for r in records]
+    inputs, pads = padded_batch([ids for ids, _ in encoded], pad_id(tok), input_device(model))
     seen: list[torch.Tensor] = []
 
     def grab(out):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional
 
 import torch
@@ -34,8 +34,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from editharm.methods import METHODS, Editor, EditMethod, Stats, TypedParams
-from editharm.methods.rome import _frozen, _input_device, _pad_id
-from editharm.modeling import continuation_ids, edited_matrix, get_module, padded_batch
+from editharm.modeling import continuation_ids, edited_matrix, frozen, get_module, input_device, pad_id, padded_batch
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -133,15 +132,7 @@ class MendHparams(TypedParams):
             d["train_steps"] = d.pop("max_iters")
         if "val_steps" in d:
             d["val_size"] = d.pop("val_steps") * d.get("val_batch_size", 5)
-        # PyYAML reads "1e-6" (no dot) as a string; such files are common.
-        floats = {f.name for f in fields(cls) if f.type in ("float", float)}
-        for key in floats & set(d):
-            if isinstance(d[key], str):
-                try:
-                    d[key] = float(d[key])
-                except ValueError:
-                    pass  # from_dict reports it
-        return cls.from_dict(d)
+        return cls.from_yaml_dict(d)
 
 
 def _split_inner_params(names: Any) -> tuple[list[int], list[str]]:
@@ -254,7 +245,7 @@ def _check_editor(editor: Optional[Editor], sites: list[Site], hparams: MendHpar
 
 
 def _batch(model, tok, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
-    return padded_batch(seqs, _pad_id(tok), _input_device(model))[0]
+    return padded_batch(seqs, pad_id(tok), input_device(model))[0]
 
 
 def _target_rows(
@@ -302,7 +293,7 @@ def gradient_factors(
 
     handles = [get_module(model, s.module).register_forward_hook(hook(s.name)) for s in sites]
     try:
-        with _frozen(model), torch.enable_grad():
+        with frozen(model), torch.enable_grad():
             logits = functional_call(model, leaves, args=(), kwargs={**inputs, "use_cache": False}).logits
             calls = {name: len(v) for name, v in seen.items() if len(v) != 1}
             if calls:
@@ -426,12 +417,12 @@ def train_editor(model, tok, records: list[EditRecord], hparams: MendHparams, *,
     if len(records) < need:
         raise ValueError(f"mend training needs at least batch_size + val_size = {need} records, got {len(records)}")
     g = torch.Generator().manual_seed(seed)
-    editor = _on(init_editor(model, hparams, seed=seed), _input_device(model))
+    editor = _on(init_editor(model, hparams, seed=seed), input_device(model))
     order = torch.randperm(len(records), generator=g).tolist()
     val = [records[i] for i in order[:hparams.val_size]]
     train = [records[i] for i in order[hparams.val_size:]]
     # Frozen, the model gets no gradients of its own: backward reaches only the editor.
-    with _frozen(model):
+    with frozen(model):
         if hparams.norm:
             fit_normalisation(model, tok, train, sites, editor)
         kept, steps = _optimise(model, tok, train, val, sites, editor, hparams, g)
@@ -514,7 +505,7 @@ class Mend(EditMethod):
             raise ValueError("compute_delta needs at least one record")
         sites = edit_sites(model, hparams)
         _check_editor(editor, sites, hparams)
-        editor = _on(editor, _input_device(model))
+        editor = _on(editor, input_device(model))
         factors = gradient_factors(model, tok, records, sites)
         with torch.no_grad():
             deltas = editor_deltas(editor, sites, factors, hparams)

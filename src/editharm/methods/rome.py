@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Literal, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +30,12 @@ from editharm.methods import METHODS, EditMethod, Stats, TypedParams
 from editharm.modeling import (
     continuation_ids,
     edited_matrix,
+    frozen,
     get_module,
+    input_device,
     module_input,
     output_hook,
+    pad_id,
     padded_batch,
 )
 from editharm.records import EditRecord
@@ -113,15 +115,7 @@ class RomeHparams(TypedParams):
             if not isinstance(layers, list) or len(layers) != 1:
                 raise ValueError(f"RomeHparams: layers={layers!r} is not allowed; ROME edits exactly one layer")
             d["layer"] = layers[0]
-        # PyYAML reads "5e-1" (no dot) as a string; such files are common.
-        floats = {f.name for f in fields(cls) if f.type in ("float", float)}
-        for key in floats & set(d):
-            if isinstance(d[key], str):
-                try:
-                    d[key] = float(d[key])
-                except ValueError:
-                    pass  # from_dict reports it
-        return cls.from_dict(d)
+        return cls.from_yaml_dict(d)
 
 
 @dataclass
@@ -137,15 +131,7 @@ class RomeStep:
     steps: int  # forward passes used
 
 
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else 0
-
-
-def _input_device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def _encode(tok, prefix: str, prompt: str, subject: str) -> tuple[list[int], int]:
+def encode_subject(tok, prefix: str, prompt: str, subject: str) -> tuple[list[int], int]:
     """Token ids of prefix + prompt and the index of the last token overlapping the subject."""
     start = len(prefix) + prompt.index(subject)
     end = start + len(subject)
@@ -159,7 +145,7 @@ def _encode(tok, prefix: str, prompt: str, subject: str) -> tuple[list[int], int
 @torch.no_grad()
 def _greedy_texts(model, tok, seeds: list[str], n_new: int) -> list[str]:
     seqs = [tok(s)["input_ids"] for s in seeds]
-    inputs, _ = padded_batch(seqs, _pad_id(tok), _input_device(model))
+    inputs, _ = padded_batch(seqs, pad_id(tok), input_device(model))
     mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]
     out = model(**inputs, use_cache=True, logits_to_keep=1)
     new: list[torch.Tensor] = []
@@ -185,27 +171,14 @@ def context_prefixes(model, tok, hparams: RomeHparams) -> list[str]:
 
 def subject_keys(model, tok, record: EditRecord, hparams: RomeHparams, prefixes: list[str]) -> torch.Tensor:
     """The rewritten module's input at the subject's last token, one row per prefix."""
-    encoded = [_encode(tok, p, record.prompt, record.subject) for p in prefixes]
-    inputs, pads = padded_batch([ids for ids, _ in encoded], _pad_id(tok), _input_device(model))
+    encoded = [encode_subject(tok, p, record.prompt, record.subject) for p in prefixes]
+    inputs, pads = padded_batch([ids for ids, _ in encoded], pad_id(tok), input_device(model))
     keys = module_input(model, hparams.module_path, inputs)
     cols = torch.tensor([pad + idx for pad, (_, idx) in zip(pads, encoded)])
     return keys[torch.arange(len(encoded)), cols].float()
 
 
-@contextmanager
-def _frozen(model: torch.nn.Module) -> Iterator[None]:
-    """No parameter requires grad inside the block, so backward computes only the gradient of δ."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-class _PrefixCache:
+class PrefixCache:
     """Batched rows split at each row's lookup token; the part before it is run once and cached.
 
     δ changes nothing before the lookup token, so each optimisation step only runs the tails (the
@@ -213,7 +186,7 @@ class _PrefixCache:
     """
 
     def __init__(self, model, seqs: list[list[int]], lookups: list[int], pad_id: int):
-        device = _input_device(model)
+        device = input_device(model)
         heads = [s[:i] for s, i in zip(seqs, lookups)]
         tails = [s[i:] for s, i in zip(seqs, lookups)]
         self.cache = None
@@ -242,12 +215,12 @@ def target_shift(
     """δ to add to the module output at the subject's last token; returns (δ, final NLL, passes)."""
     target = continuation_ids(tok, record.target_new)
     n_target = len(target)
-    rewrite = [_encode(tok, p, record.prompt, record.subject) for p in prefixes]
+    rewrite = [encode_subject(tok, p, record.prompt, record.subject) for p in prefixes]
     # ROME's KL prompt "{subject} is a" is read at the subject's last token, where a causal model
     # has seen only the subject; the bare subject gives the same distribution in fewer tokens.
-    kl_ids, kl_idx = _encode(tok, "", record.subject, record.subject)
+    kl_ids, kl_idx = encode_subject(tok, "", record.subject, record.subject)
     seqs = [ids + target[:-1] for ids, _ in rewrite] + [kl_ids[: kl_idx + 1]]
-    batch = _PrefixCache(model, seqs, [idx for _, idx in rewrite] + [kl_idx], _pad_id(tok))
+    batch = PrefixCache(model, seqs, [idx for _, idx in rewrite] + [kl_idx], pad_id(tok))
     n_rw = len(rewrite)
     # Left padding puts every scored position in the last n_target columns: the target tokens'
     # predictions for rewriting rows, the subject's last token (the final token) for the KL row.
@@ -266,7 +239,7 @@ def target_shift(
     kl_init: Optional[torch.Tensor] = None
     handle = output_hook(model, hparams.module_path, add_delta)
     try:
-        with _frozen(model):
+        with frozen(model):
             for step in range(hparams.v_num_grad_steps):
                 logits = batch.logits(model, n_target).float()
                 logp = logits[:n_rw].log_softmax(-1)
