@@ -111,3 +111,9 @@ def tiny_texts() -> list[str]:
     """100 seeded texts of 12 vocabulary words (e.g. a corpus for second-moment statistics)."""
     g = torch.Generator().manual_seed(0)
     return [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (12,), generator=g)) for _ in range(100)]
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
+def model_tok(request):
+    """Each tiny model in turn: Conv1D (GPT-2) and Linear gated-MLP (Llama) layouts."""
+    return request.getfixturevalue(request.param)

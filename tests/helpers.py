@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from editharm.records import EditRecord
 from editharm.regularizers import RegContext
 
 
@@ -11,3 +12,20 @@ def reg_context(weight, *, name="w", seed=0, original=None, transposed=False, **
     return RegContext(param_name=name, module_path=name.rsplit(".", 1)[0], weight=weight,
                       original=weight if original is None else original, transposed=transposed,
                       generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def record(prompt: str, subject: str, target: str, id: str) -> EditRecord:
+    return EditRecord(
+        id=id, subject=subject, prompt=prompt, target_new=target, ground_truth="",
+        rephrase_prompt=prompt, locality_prompt="The capital of Japan is", locality_answer="Tokyo",
+    )
+
+
+# Prompts end with the subject: random weights attend almost uniformly, so a shift at a
+# mid-prompt subject barely reaches the last position (see test_rome.py).
+BATCH = [
+    record("The capital city of France", "France", "Rome", "france"),
+    record("The first book of John", "John", "apples", "john"),
+    record("The old language of Japan", "Japan", "green", "japan"),
+    record("The big river of Egypt", "Egypt", "London", "egypt"),
+]

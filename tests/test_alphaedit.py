@@ -17,34 +17,12 @@ from editharm.methods.alphaedit import (
     null_space_projector,
 )
 from editharm.modeling import continuation_ids, module_input, padded_batch
-from editharm.records import EditRecord
 from editharm.stats import collect_second_moment
 
 from conftest import REWRITE_MODULES
+from helpers import BATCH
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
 THRESHOLD = 2e-2  # the paper's; the tiny models' nonzero eigenvalues of C are ≥ 0.2
-
-
-def record(prompt: str, subject: str, target: str, id: str) -> EditRecord:
-    return EditRecord(
-        id=id, subject=subject, prompt=prompt, target_new=target, ground_truth="",
-        rephrase_prompt=prompt, locality_prompt="The capital of Japan is", locality_answer="Tokyo",
-    )
-
-
-# Prompts end with the subject (see test_rome.py for why).
-BATCH = [
-    record("The capital city of France", "France", "Rome", "france"),
-    record("The first book of John", "John", "apples", "john"),
-    record("The old language of Japan", "Japan", "green", "japan"),
-    record("The big river of Egypt", "Egypt", "London", "egypt"),
-]
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture

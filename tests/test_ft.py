@@ -17,7 +17,6 @@ from editharm.records import EditRecord
 
 from conftest import REWRITE_MODULES
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
 METHOD_CLASSES = [FtL, FtM]
 PRESETS = Path(ft.__file__).parents[1] / "presets"
 
@@ -38,11 +37,6 @@ def hparams(cls, model, **overrides):
     d = {"layers": [1], "rewrite_module_tmp": REWRITE_MODULES[model.config.model_type], "num_steps": 20,
          "lr": 0.02, "norm_constraint": 0.05}
     return cls.Hparams.from_dict({**d, **overrides})
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 @torch.no_grad()

@@ -24,15 +24,9 @@ from editharm.records import EditRecord
 
 from conftest import REWRITE_MODULES
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
 PRESETS = Path(kn.__file__).parents[1] / "presets"
 PROMPTS = {"france": ("The capital city of France", "Rome"), "john": ("The first book of John", "apples"),
            "japan": ("The capital of Japan is", "Berlin")}
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 def hparams(model, **overrides) -> KnHparams:

@@ -12,34 +12,11 @@ from editharm.methods import METHODS
 from editharm.methods.memit import Memit, MemitHparams, memit_update
 from editharm.methods.rome import context_prefixes, subject_keys
 from editharm.modeling import continuation_ids
-from editharm.records import EditRecord
 from editharm.stats import collect_second_moment
 
 from conftest import REWRITE_MODULES
+from helpers import BATCH
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
-
-
-def record(prompt: str, subject: str, target: str, id: str) -> EditRecord:
-    return EditRecord(
-        id=id, subject=subject, prompt=prompt, target_new=target, ground_truth="",
-        rephrase_prompt=prompt, locality_prompt="The capital of Japan is", locality_answer="Tokyo",
-    )
-
-
-# Prompts end with the subject: random weights attend almost uniformly, so a shift at a
-# mid-prompt subject barely reaches the last position (see test_rome.py).
-BATCH = [
-    record("The capital city of France", "France", "Rome", "france"),
-    record("The first book of John", "John", "apples", "john"),
-    record("The old language of Japan", "Japan", "green", "japan"),
-    record("The big river of Egypt", "Egypt", "London", "egypt"),
-]
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 def tiny_hparams(model, **overrides) -> MemitHparams:

@@ -16,7 +16,6 @@ from editharm.methods.mend import Mend, MendHparams, edit_sites, init_editor
 from editharm.modeling import continuation_ids
 from editharm.records import EditRecord
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
 TEMPLATES = {
     "gpt2": ["transformer.h.{}.mlp.c_fc", "transformer.h.{}.mlp.c_proj"],
     "llama": ["model.layers.{}.mlp.gate_proj", "model.layers.{}.mlp.up_proj", "model.layers.{}.mlp.down_proj"],
@@ -58,11 +57,6 @@ def tiny_hparams(model, **overrides) -> MendHparams:
         "cedit": 1.0, "cloc": 1.0,
     }
     return MendHparams.from_dict({**d, **overrides})
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from editharm.modeling import continuation_ids, get_module
 from editharm.records import EditRecord
 from editharm.stats import collect_second_moment
 
-MODELS = ["tiny_gpt2", "tiny_llama"]
 
 
 def record(prompt: str, subject: str, target: str, id: str = "r") -> EditRecord:
@@ -33,11 +32,6 @@ def greedy(model, tok, prompt: str, n: int) -> list[int]:
     for _ in range(n):
         ids = torch.cat([ids, model(input_ids=ids).logits[:, -1:].argmax(-1)], 1)
     return ids[0, -n:].tolist()
-
-
-@pytest.fixture(params=MODELS)
-def model_tok(request):
-    return request.getfixturevalue(request.param)
 
 
 def test_registered():

@@ -25,8 +25,8 @@ import torch
 
 from editharm.methods import METHODS, EditMethod, Stats, TypedParams
 from editharm.methods.rome import (
-    SEED_WORDS,
     RomeHparams,
+    check_shift_hparams,
     context_prefixes,
     encode_subject,
     subject_keys,
@@ -80,18 +80,7 @@ class SpreadHparams(TypedParams):
         need(self.rewrite_module_tmp.count("{}") == 1, "rewrite_module_tmp", "needs one '{}' for the layer")
         need(self.layer_module_tmp is None or self.layer_module_tmp.count("{}") == 1, "layer_module_tmp",
              "needs one '{}' for the layer")
-        need(self.v_num_grad_steps >= 1, "v_num_grad_steps", "must be ≥ 1")
-        need(self.v_lr > 0, "v_lr", "must be > 0")
-        need(self.v_weight_decay >= 0, "v_weight_decay", "must be ≥ 0")
-        need(self.v_stop_nll >= 0, "v_stop_nll", "must be ≥ 0")
-        need(self.clamp_norm_factor > 0, "clamp_norm_factor", "must be > 0")
-        need(self.kl_factor >= 0, "kl_factor", "must be ≥ 0")
-        need(
-            all(len(p) == 2 and p[0] >= 1 and 1 <= p[1] <= len(SEED_WORDS)
-                for p in self.context_template_length_params),
-            "context_template_length_params",
-            f"pairs [n_tokens ≥ 1, n_prefixes in 1..{len(SEED_WORDS)}]",
-        )
+        check_shift_hparams(self, need)
 
     def module_path(self, layer: int) -> str:
         return self.rewrite_module_tmp.format(layer)

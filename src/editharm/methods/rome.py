@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,23 @@ _EASYEDIT_UNUSED = frozenset({
 })
 
 
+def check_shift_hparams(hp, need: Callable[[bool, str, str], None]) -> None:
+    """Checks of the target-shift hyperparameters (v_*, clamp, KL, context prefixes) that ROME and the
+    methods reusing its optimisation (MEMIT, AlphaEdit) share; `need(ok, key, allowed)` raises."""
+    need(hp.v_num_grad_steps >= 1, "v_num_grad_steps", "must be ≥ 1")
+    need(hp.v_lr > 0, "v_lr", "must be > 0")
+    need(hp.v_weight_decay >= 0, "v_weight_decay", "must be ≥ 0")
+    need(hp.v_stop_nll >= 0, "v_stop_nll", "must be ≥ 0")
+    need(hp.clamp_norm_factor > 0, "clamp_norm_factor", "must be > 0")
+    need(hp.kl_factor >= 0, "kl_factor", "must be ≥ 0")
+    need(
+        all(len(p) == 2 and p[0] >= 1 and 1 <= p[1] <= len(SEED_WORDS)
+            for p in hp.context_template_length_params),
+        "context_template_length_params",
+        f"pairs [n_tokens ≥ 1, n_prefixes in 1..{len(SEED_WORDS)}]",
+    )
+
+
 @dataclass(frozen=True)
 class RomeHparams(TypedParams):
     layer: int
@@ -86,18 +103,7 @@ class RomeHparams(TypedParams):
 
         need(self.layer >= 0, "layer", "must be ≥ 0")
         need(self.rewrite_module_tmp.count("{}") == 1, "rewrite_module_tmp", "needs one '{}' for the layer")
-        need(self.v_num_grad_steps >= 1, "v_num_grad_steps", "must be ≥ 1")
-        need(self.v_lr > 0, "v_lr", "must be > 0")
-        need(self.v_weight_decay >= 0, "v_weight_decay", "must be ≥ 0")
-        need(self.v_stop_nll >= 0, "v_stop_nll", "must be ≥ 0")
-        need(self.clamp_norm_factor > 0, "clamp_norm_factor", "must be > 0")
-        need(self.kl_factor >= 0, "kl_factor", "must be ≥ 0")
-        need(
-            all(len(p) == 2 and p[0] >= 1 and 1 <= p[1] <= len(SEED_WORDS)
-                for p in self.context_template_length_params),
-            "context_template_length_params",
-            f"pairs [n_tokens ≥ 1, n_prefixes in 1..{len(SEED_WORDS)}]",
-        )
+        check_shift_hparams(self, need)
 
     @property
     def module_path(self) -> str:
