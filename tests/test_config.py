@@ -107,3 +107,43 @@ def test_task_options_merge_overrides(default):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="nope.yaml"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_settings_labels_kinds_and_their_keys(default):
+    cfg = copy.deepcopy(default)
+    cfg["settings"] = {"batch_single": {"batch_sizes": [2, 4]}, "seq4": {"kind": "batch_sequential", "batch_size": 4}}
+    from editharm.config import setting_steps
+
+    valid = validate_params(cfg)
+    assert setting_steps(valid, "batch_single") == [0, 2, 4]
+    assert setting_steps(valid, "seq4") == [0, 1, 2]  # of the global steps 0, 1, 2, 4, 8 only 2 batches fit
+    msg = _bad(default, lambda c: c["settings"].update(batch_single={}))
+    assert "settings.batch_single" in msg and "batch_sizes" in msg
+    msg = _bad(default, lambda c: c["settings"].update(b={"kind": "batch_single", "batch_sizes": [99]}))
+    assert "settings.b" in msg and "1..8" in msg
+
+
+def test_trainable_method_needs_its_train_split(default):
+    msg = _bad(default, lambda c: c["methods"].update(mend={}))
+    assert "methods.mend.train_dataset" in msg and "zsre_train" in msg
+    msg = _bad(default, lambda c: c["methods"]["rome"].update(train_dataset="zsre"))
+    assert "methods.rome.train_dataset" in msg and "no training step" in msg
+
+
+def test_statistics_reading_regularizer_needs_named_modules(default):
+    msg = _bad(default, lambda c: (c["methods"].update(kn={}), c["regularizers"].update(nullspace={})))
+    assert "regularizers.nullspace" in msg and "'kn'" in msg and "list the layers" in msg
+
+
+def test_easyedit_hparams_file_replaces_the_preset(default, tmp_path):
+    (tmp_path / "ROME.yaml").write_text(
+        "alg_name: ROME\nmodel_name: gpt2-xl\nlayers: [5]\nfact_token: subject_last\nv_num_grad_steps: 20\n"
+        "v_lr: 5e-1\nv_loss_layer: 47\nv_weight_decay: 0.5\nclamp_norm_factor: 4\nkl_factor: 0.0625\n"
+        "mom2_adjustment: false\ncontext_template_length_params: [[5, 10], [10, 10]]\n"
+        "rewrite_module_tmp: model.layers.{}.mlp.down_proj\n")
+    cfg = copy.deepcopy(default)
+    cfg["methods"]["rome_ee"] = {"kind": "rome", "easyedit": str(tmp_path / "ROME.yaml"), "hparams": {"v_lr": 0.25}}
+    hp = method_hparams(validate_params(cfg), "smollm2-135m", "rome_ee")["hparams"]
+    assert hp["layer"] == 5 and hp["v_lr"] == 0.25 and hp["exact_key"] == "prompt"
+    msg = _bad(default, lambda c: c["methods"].update(r={"kind": "rome", "easyedit": str(tmp_path / "nope.yaml")}))
+    assert "methods.r" in msg and "nope.yaml" in msg

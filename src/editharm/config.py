@@ -189,15 +189,23 @@ def method_hparams(cfg: dict, model: str, label: str) -> dict:
 
     spec = cfg["methods"][label]
     kind = spec.get("kind", label)
-    preset = cfg["models"][model]["preset"]
-    path = preset_path(kind, preset)
-    if not path.exists():
-        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise FileNotFoundError(
-            f"no {kind} preset {preset!r} (models.{model}.preset); available: {', '.join(available) or '(none)'}"
-        )
-    merged = {**(yaml.safe_load(path.read_text()) or {}), **spec.get("hparams", {})}
-    hp = METHODS.get(kind).Hparams.from_dict(merged)
+    Hparams = METHODS.get(kind).Hparams
+    if "easyedit" in spec:
+        # An EasyEdit hparams file replaces the preset: it was written for one model already.
+        path = Path(spec["easyedit"])
+        if not path.is_file():
+            raise FileNotFoundError(f"EasyEdit hparams file {str(path)!r} (methods.{label}.easyedit) does not exist")
+        base = Hparams.from_easyedit(yaml.safe_load(path.read_text()) or {}).to_dict()
+    else:
+        preset = cfg["models"][model]["preset"]
+        path = preset_path(kind, preset)
+        if not path.exists():
+            available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise FileNotFoundError(
+                f"no {kind} preset {preset!r} (models.{model}.preset); available: {', '.join(available) or '(none)'}"
+            )
+        base = yaml.safe_load(path.read_text()) or {}
+    hp = Hparams.from_dict({**base, **spec.get("hparams", {})})
     return {"kind": kind, "hparams": _as_dict(hp)}
 
 
