@@ -80,6 +80,7 @@ rule weight_stats:
         heatmap="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/heatmap.parquet",
     params:
         thresholds=" ".join(map(str, cfg["weights"]["thresholds"])),
+        bins=cfg["weights"]["heatmap_bins"],
         labels=lambda w: labels(w),
     log:
         "logs/weight_stats/{model}/{method}/{reg}/{setting}/seq{seq}.log",
@@ -88,5 +89,5 @@ rule weight_stats:
         runtime=60,
     shell:
         "editharm --log {log} weight-stats --model {input.model} --deltas {input.deltas} "
-        "--thresholds {params.thresholds} --labels {params.labels:q} --out-stats {output.stats} "
+        "--thresholds {params.thresholds} --bins {params.bins} --labels {params.labels:q} --out-stats {output.stats} "
         "--out-heatmap {output.heatmap}"

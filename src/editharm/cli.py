@@ -275,7 +275,7 @@ def cmd_weight_stats(args) -> None:
     for name in names:
         _, weight, transposed = edited_matrix(model, name.rsplit(".", 1)[0])
         weights[name] = (weight.detach(), transposed)
-    stats, heat = weight_tables(weights, deltas_by_step, tuple(args.thresholds))
+    stats, heat = weight_tables(weights, deltas_by_step, tuple(args.thresholds), bins=args.bins)
     stats.insert(0, "edits", stats["step"].map(edits_at))
     for frame in (stats, heat):
         for i, (key, value) in enumerate(sorted(args.labels.items())):
@@ -407,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path, required=True)
     sp.add_argument("--deltas", type=Path, nargs="+", required=True)
     sp.add_argument("--thresholds", type=float, nargs="+", default=[0.077, 0.171])
+    sp.add_argument("--bins", type=int, default=24, help="heatmap blocks per side (at most)")
     sp.add_argument("--labels", type=_json, required=True, help="model/method/reg/setting/seq labels")
     sp.add_argument("--out-stats", type=Path, required=True)
     sp.add_argument("--out-heatmap", type=Path, required=True)
