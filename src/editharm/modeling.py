@@ -130,15 +130,18 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the wanted activation is seen."""
 
 
-def module_input(model: torch.nn.Module, module_path: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The input of one module for a batch, running the model only up to that module."""
+def _first_activation(model: torch.nn.Module, module_path: str, inputs: dict[str, torch.Tensor],
+                      *, output: bool) -> torch.Tensor:
+    """One module's input (or output) for a batch, running the model only up to that module."""
     seen: list[torch.Tensor] = []
 
-    def grab(_module, args):
-        seen.append(args[0].detach())
-        raise _Stop
+    def grab(_module, args, out=None):
+        value = out if output else args[0]
+        seen.append((value[0] if isinstance(value, tuple) else value).detach())
+        raise _Stop  # the layers above cost nothing
 
-    handle = get_module(model, module_path).register_forward_pre_hook(grab)
+    module = get_module(model, module_path)
+    handle = module.register_forward_hook(grab) if output else module.register_forward_pre_hook(grab)
     try:
         with torch.no_grad():
             model(**inputs, use_cache=False)
@@ -149,6 +152,16 @@ def module_input(model: torch.nn.Module, module_path: str, inputs: dict[str, tor
     if not seen:
         raise RuntimeError(f"module {module_path!r} was not called in the forward pass")
     return seen[0]
+
+
+def module_input(model: torch.nn.Module, module_path: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The input of one module for a batch, running the model only up to that module."""
+    return _first_activation(model, module_path, inputs, output=False)
+
+
+def module_output(model: torch.nn.Module, module_path: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The output of one module (its first element when it returns a tuple, as decoder blocks do)."""
+    return _first_activation(model, module_path, inputs, output=True)
 
 
 def output_hook(model: torch.nn.Module, module_path: str, fn: Callable[[torch.Tensor], torch.Tensor]):

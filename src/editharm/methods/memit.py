@@ -32,7 +32,7 @@ from editharm.methods.rome import (
     subject_keys,
     target_shift,
 )
-from editharm.modeling import edited_matrix, input_device, output_hook, pad_id, padded_batch
+from editharm.modeling import edited_matrix, input_device, module_output, pad_id, padded_batch
 from editharm.records import EditRecord
 
 log = logging.getLogger(__name__)
@@ -139,32 +139,14 @@ class LayerStep:
 Solve = Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _Seen(Exception):
-    """Raised from a hook to end a forward pass once the wanted output is seen."""
-
-
 @torch.no_grad()
 def block_outputs(model, tok, records: list[EditRecord], hparams: SpreadHparams, layer: int) -> torch.Tensor:
     """The residual after `layer` at each record's subject's last token in the bare prompt (n × d, float64)."""
     encoded = [encode_subject(tok, "", r.prompt, r.subject) for r in records]
     inputs, pads = padded_batch([ids for ids, _ in encoded], pad_id(tok), input_device(model))
-    seen: list[torch.Tensor] = []
-
-    def grab(out):
-        seen.append(out[0] if isinstance(out, tuple) else out)
-        raise _Seen  # the layers above cost nothing
-
-    handle = output_hook(model, hparams.block_path(layer), grab)
-    try:
-        model(**inputs, use_cache=False)
-    except _Seen:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"module {hparams.block_path(layer)!r} was not called in the forward pass")
-    cols = torch.tensor([pad + idx for pad, (_, idx) in zip(pads, encoded)], device=seen[0].device)
-    return seen[0][torch.arange(len(records), device=cols.device), cols].double()
+    out = module_output(model, hparams.block_path(layer), inputs)
+    cols = torch.tensor([pad + idx for pad, (_, idx) in zip(pads, encoded)], device=out.device)
+    return out[torch.arange(len(records), device=cols.device), cols].double()
 
 
 def layer_keys(model, tok, records: list[EditRecord], hparams: SpreadHparams, layer: int,
