@@ -29,3 +29,17 @@ BATCH = [
     record("The old language of Japan", "Japan", "green", "japan"),
     record("The big river of Egypt", "Egypt", "London", "egypt"),
 ]
+
+
+def spread_hparams(model) -> dict:
+    """Hparams shared by the MEMIT and AlphaEdit tests: two layers, a short target-shift optimisation."""
+    from conftest import REWRITE_MODULES
+
+    return {
+        "layers": [0, 1],
+        "rewrite_module_tmp": REWRITE_MODULES[model.config.model_type],
+        "v_num_grad_steps": 40,
+        "v_lr": 1.0,
+        "clamp_norm_factor": 10.0,
+        "context_template_length_params": [[3, 2]],
+    }

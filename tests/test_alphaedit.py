@@ -19,8 +19,7 @@ from editharm.methods.alphaedit import (
 from editharm.modeling import continuation_ids, module_input, padded_batch
 from editharm.stats import collect_second_moment
 
-from conftest import REWRITE_MODULES
-from helpers import BATCH
+from helpers import BATCH, spread_hparams
 
 THRESHOLD = 2e-2  # the paper's; the tiny models' nonzero eigenvalues of C are ≥ 0.2
 
@@ -33,12 +32,7 @@ def preserved(tiny_texts) -> list[str]:
 
 def tiny_hparams(model, **overrides) -> AlphaEditHparams:
     d = {
-        "layers": [0, 1],
-        "rewrite_module_tmp": REWRITE_MODULES[model.config.model_type],
-        "v_num_grad_steps": 40,
-        "v_lr": 1.0,
-        "clamp_norm_factor": 10.0,
-        "context_template_length_params": [[3, 2]],
+        **spread_hparams(model),
         "nullspace_threshold": THRESHOLD,
         "L2": 1.0,
     }

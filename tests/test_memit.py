@@ -14,19 +14,13 @@ from editharm.methods.rome import context_prefixes, subject_keys
 from editharm.modeling import continuation_ids
 from editharm.stats import collect_second_moment
 
-from conftest import REWRITE_MODULES
-from helpers import BATCH
+from helpers import BATCH, spread_hparams
 
 
 
 def tiny_hparams(model, **overrides) -> MemitHparams:
     d = {
-        "layers": [0, 1],
-        "rewrite_module_tmp": REWRITE_MODULES[model.config.model_type],
-        "v_num_grad_steps": 40,
-        "v_lr": 1.0,
-        "clamp_norm_factor": 10.0,
-        "context_template_length_params": [[3, 2]],
+        **spread_hparams(model),
         "mom2_update_weight": 1.0,  # C is a per-token mean; K Kᵀ sums a handful of keys
     }
     return MemitHparams.from_dict({**d, **overrides})
