@@ -66,8 +66,14 @@ def get_task_data(w):
     return f"data/datasets/{REGISTRY.get(w.task).dataset}"
 
 
-def get_delta(w):
-    return f"data/edits/{config_dir(w)}/step-{w.step}.safetensors"
+def step_deltas(w, setting, steps):
+    """The dW files of one configuration at `steps` of `setting` (a rule per setting fixes it)."""
+    return [f"data/edits/{w.model}/{w.method}/{w.reg}/{setting}/seq{w.seq}/step-{step}.safetensors" for step in steps]
+
+
+def cache_flag():
+    cache = cfg["evaluation"]["cache"]
+    return f"--cache {cache}" if cache else ""
 
 
 def labels(w, **extra):

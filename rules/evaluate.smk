@@ -11,6 +11,7 @@ rule evaluate_base:
     params:
         options=lambda w: as_json(ehc.task_options(cfg, w.task)),
         labels=lambda w: labels(w, method="base", reg="none", setting="base", seq=0, step=0),
+        cache=cache_flag(),
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]
@@ -24,62 +25,84 @@ rule evaluate_base:
         gpu=GPU,
     shell:
         "editharm --log {log} evaluate-task --model {input.model} --task {wildcards.task} --data {input.data} "
-        "--options {params.options:q} --labels {params.labels:q} --device {params.device} --dtype {params.dtype} "
-        "--threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"
+        "--options {params.options:q} --labels {params.labels:q} {params.cache} --device {params.device} "
+        "--dtype {params.dtype} --threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"
 
 
-rule evaluate_task:
-    input:
-        model="data/models/{model}",
-        delta=get_delta,
-        data=get_task_data,
-    output:
-        predictions="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.parquet",
-        metrics="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
-    params:
-        options=lambda w: as_json(ehc.task_options(cfg, w.task)),
-        labels=lambda w: labels(w),
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-    threads: cfg["threads"]
-    log:
-        "logs/evaluate_task/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.log",
-    benchmark:
-        "benchmarks/evaluate_task/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=GPU,
-    shell:
-        "editharm --log {log} evaluate-task --model {input.model} --delta {input.delta} --task {wildcards.task} "
-        "--data {input.data} --options {params.options:q} --labels {params.labels:q} --device {params.device} "
-        "--dtype {params.dtype} --threads {threads} --out-predictions {output.predictions} "
-        "--out-metrics {output.metrics}"
+# One job per (configuration, task): the base model is loaded once and each checkpoint's dW is
+# added and taken off in turn, and the prediction cache skips items any job decoded before.
+for _setting in SETTINGS:
+    _edit_steps = [s for s in SETTING_STEPS[_setting] if s > 0]
 
+    rule:
+        name:
+            f"evaluate_{_setting}"
+        input:
+            model="data/models/{model}",
+            deltas=lambda w, steps=_edit_steps, setting=_setting: step_deltas(w, setting, steps),
+            data=get_task_data,
+        output:
+            predictions=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/{{task}}.parquet",
+                setting=_setting, step=_edit_steps,
+            ),
+            metrics=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/{{task}}.json",
+                setting=_setting, step=_edit_steps,
+            ),
+        params:
+            options=lambda w: as_json(ehc.task_options(cfg, w.task)),
+            labels=lambda w, setting=_setting: labels(w, setting=setting),
+            cache=cache_flag(),
+            device=cfg["device"],
+            dtype=cfg["dtype"],
+        threads: cfg["threads"]
+        log:
+            f"logs/evaluate/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}/{{task}}.log",
+        benchmark:
+            f"benchmarks/evaluate/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}/{{task}}.tsv"
+        resources:
+            mem_mb=8000,
+            runtime=240,
+            gpu=GPU,
+        shell:
+            "editharm --log {log} evaluate-task --model {input.model} --delta {input.deltas} "
+            "--task {wildcards.task} --data {input.data} --options {params.options:q} --labels {params.labels:q} "
+            "{params.cache} --device {params.device} --dtype {params.dtype} --threads {threads} "
+            "--out-predictions {output.predictions} --out-metrics {output.metrics}"
 
-rule evaluate_edits:
-    input:
-        model="data/models/{model}",
-        delta=get_delta,
-        sequence="data/sequences/seq{seq}.parquet",
-    output:
-        predictions="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.parquet",
-        metrics="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/editing.json",
-    params:
-        labels=lambda w: labels(w),
-        fluency=cfg["evaluation"]["fluency_tokens"],
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-    threads: cfg["threads"]
-    log:
-        "logs/evaluate_edits/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}.log",
-    benchmark:
-        "benchmarks/evaluate_edits/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}.tsv"
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=GPU,
-    shell:
-        "editharm --log {log} evaluate-edits --model {input.model} --delta {input.delta} "
-        "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} --device {params.device} --dtype {params.dtype} "
-        "--threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"
+    rule:
+        name:
+            f"evaluate_edits_{_setting}"
+        input:
+            model="data/models/{model}",
+            deltas=lambda w, steps=_edit_steps, setting=_setting: step_deltas(w, setting, steps),
+            sequence="data/sequences/seq{seq}.parquet",
+        output:
+            predictions=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/editing.parquet",
+                setting=_setting, step=_edit_steps,
+            ),
+            metrics=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/editing.json",
+                setting=_setting, step=_edit_steps,
+            ),
+        params:
+            labels=lambda w, setting=_setting: labels(w, setting=setting),
+            fluency=cfg["evaluation"]["fluency_tokens"],
+            device=cfg["device"],
+            dtype=cfg["dtype"],
+        threads: cfg["threads"]
+        log:
+            f"logs/evaluate_edits/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.log",
+        benchmark:
+            f"benchmarks/evaluate_edits/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.tsv"
+        resources:
+            mem_mb=8000,
+            runtime=120,
+            gpu=GPU,
+        shell:
+            "editharm --log {log} evaluate-edits --model {input.model} --delta {input.deltas} "
+            "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} "
+            "--device {params.device} --dtype {params.dtype} --threads {threads} "
+            "--out-predictions {output.predictions} --out-metrics {output.metrics}"

@@ -46,6 +46,7 @@ def test_dvc_repro_then_nothing_to_do_then_only_the_changed_branch(tmp_path_fact
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     changed = run(repo, str(BIN / "dvc"), "repro")
     counts = job_counts(changed)
-    assert counts == {"apply_edits_instance_sequential": 1, "evaluate_task": 4, "evaluate_edits": 2,
-                      "weight_stats": 1, "aggregate_metrics": 1, "build_report": 1, "all": 1, "total": 11}
+    assert counts == {"apply_edits_instance_sequential": 1, "evaluate_instance_sequential": 2,
+                      "evaluate_edits_instance_sequential": 1, "weight_stats": 1, "aggregate_metrics": 1,
+                      "build_report": 1, "all": 1, "total": 8}
     assert "up to date" in run(repo, str(BIN / "dvc"), "status")

@@ -58,11 +58,12 @@ def test_default_grid_dry_run_job_counts(tmp_path):
         f"apply_edits_{setting}": configs,
         "weight_stats": configs,
         "evaluate_base": tasks,
-        "evaluate_task": configs * edit_steps * tasks,
-        "evaluate_edits": configs * edit_steps,
+        # one job per (configuration, task) covers every checkpoint step of the setting
+        f"evaluate_{setting}": configs * tasks,
+        f"evaluate_edits_{setting}": configs,
         "aggregate_metrics": 1,
         "build_report": 1,
-        "total": 16 + 2 * configs + tasks + configs * edit_steps * (tasks + 1),
+        "total": 16 + 2 * configs + tasks + configs * (tasks + 1),
     }
 
 
@@ -111,7 +112,7 @@ def tiny_run(tmp_path_factory):
 def test_tiny_run_writes_report_and_artifacts(tiny_run):
     work, proc = tiny_run
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["apply_edits_instance_sequential"] == 2 and counts["evaluate_task"] == 2 * 2 * 2 and counts["evaluate_base"] == 2
+    assert counts["apply_edits_instance_sequential"] == 2 and counts["evaluate_instance_sequential"] == 2 * 2 and counts["evaluate_base"] == 2
     html = (work / "reports/index.html").read_text()
     assert "demo data" in html and "tiny" in html and "<script src=" not in html
     edits = work / "data/edits/tiny/rome"
@@ -149,8 +150,9 @@ def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
     (work / "tiny-k.yaml").write_text(yaml.safe_dump(params))
     proc = snakemake(work, "-n", "--cores", "2", "--configfile", str(work / "tiny-k.yaml"))
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts == {"apply_edits_instance_sequential": 1, "evaluate_task": 4, "evaluate_edits": 2,
-                      "weight_stats": 1, "aggregate_metrics": 1, "build_report": 1, "all": 1, "total": 11}
+    assert counts == {"apply_edits_instance_sequential": 1, "evaluate_instance_sequential": 2,
+                      "evaluate_edits_instance_sequential": 1, "weight_stats": 1, "aggregate_metrics": 1,
+                      "build_report": 1, "all": 1, "total": 8}
     jobs = proc.stdout + proc.stderr
     assert "reg=rect" in jobs and "reg=none" not in jobs
 
@@ -178,18 +180,17 @@ def test_full_grid_dry_run_job_counts(tmp_path):
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(tmp_path / "grid.yaml"))
     counts = job_counts(proc.stdout + proc.stderr)
     configs = 7 * 6
-    # nonzero checkpoint steps with n_edits 3 and steps [0, 1, 3]: instance_single 1 and 3, instance_sequential
-    # 1 and 3, batch_single the sizes 2 and 3, batch_sequential (batches of 2) only 1
-    checkpoints = configs * (2 + 2 + 2 + 1)
+    # one evaluation job per (configuration, task) and setting, whatever its checkpoint steps
     # statistics: down_proj 1 (ROME), 0 and 1 (MEMIT, AlphaEdit), 2 (KN, for nullspace), gate/up of layers 1
     # and 2 (MEND, for nullspace): 7 modules, each computed once for every method and regularizer reading it
     assert counts == {
         "fetch_model": 1, "fetch_dataset": 3, "fetch_corpus": 1, "make_sequence": 1, "collect_stats": 7,
         "train_editor": 1,
         **{f"apply_edits_{s}": configs for s in SETTING_SPECS},
-        "weight_stats": configs * 4, "evaluate_base": 1, "evaluate_task": checkpoints, "evaluate_edits": checkpoints,
+        "weight_stats": configs * 4, "evaluate_base": 1,
+        **{f"evaluate_{s}": configs for s in SETTING_SPECS}, **{f"evaluate_edits_{s}": configs for s in SETTING_SPECS},
         "aggregate_metrics": 1, "build_report": 1, "all": 1,
-        "total": 18 + configs * 4 + configs * 4 + 2 * checkpoints,
+        "total": 18 + configs * 4 + configs * 4 + 2 * configs * 4,
     }
 
 

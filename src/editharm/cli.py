@@ -206,57 +206,89 @@ def cmd_apply_edits(args) -> None:
     log.info("%d edits in %.1f s (%.2f s per edit)", n, seconds, seconds / max(n, 1))
 
 
-def _load_checkpoint(args, device):
-    from editharm.deltas import load_delta
-    from editharm.modeling import load_model
+def _checkpoints(args) -> list[tuple[Path | None, Path, Path]]:
+    """(ΔW file or None for the base model, predictions path, metrics path) per checkpoint, checked
+    before the model is loaded."""
+    deltas = args.delta or [None]
+    for flag, paths in (("--out-predictions", args.out_predictions), ("--out-metrics", args.out_metrics)):
+        if len(paths) != len(deltas):
+            raise ValueError(f"{flag} names {len(paths)} file(s) for {len(deltas)} checkpoint(s); give one per --delta")
+    for path in args.delta:
+        if not path.is_file():
+            raise FileNotFoundError(f"--delta {path}: no such file")
+    return list(zip(deltas, args.out_predictions, args.out_metrics))
 
-    model, tok = load_model(args.model, device, args.dtype)
-    deltas, meta = load_delta(args.delta) if args.delta else ({}, {})
-    return model, tok, deltas, meta
+
+def _checkpoint_labels(args, meta: dict) -> dict:
+    """The run's labels plus the checkpoint's own step and number of edits (from the ΔW file)."""
+    own = {key: meta[key] for key in ("step", "edits") if key in meta}
+    return {**args.labels, **own}
 
 
 def cmd_evaluate_task(args) -> None:
+    """One task on every given checkpoint: the base model is loaded once, and each ΔW is added to
+    it for its evaluation and taken off after."""
     from editharm.aggregate import write_metrics
-    from editharm.deltas import applied
+    from editharm.deltas import applied, load_delta
     from editharm.evaluation import evaluate_task
+    from editharm.modeling import load_model
+    from editharm.predcache import PredictionCache, delta_key, model_key
     from editharm.tasks import TASKS
 
     device = _torch_setup(args)
+    checkpoints = _checkpoints(args)
     task = TASKS.get(args.task).with_options(**{k: v for k, v in args.options.items()
                                                 if k in ("scoring", "max_new_tokens")})
     items = task.load_items(args.data, limit=args.options.get("limit"))
-    model, tok, deltas, _ = _load_checkpoint(args, device)
-    with applied(model, deltas):
-        df, metrics = evaluate_task(model, tok, task, items, batch_size=args.options.get("batch_size", 8))
-    _write_predictions(df, args.out_predictions)
-    write_metrics(args.out_metrics, {**args.labels, "task": task.name, "metrics": {metrics["metric"]: metrics["value"]},
-                                     "n": metrics["n"], "scoring": metrics["scoring"]})
-    log.info("%s: %s = %.4f over %d items", task.name, metrics["metric"], metrics["value"], metrics["n"])
+    model, tok = load_model(args.model, device, args.dtype)
+    cache = PredictionCache(args.cache, model_key(args.model, args.dtype, device)) if args.cache else None
+    for delta_path, out_predictions, out_metrics in checkpoints:
+        deltas, meta = load_delta(delta_path) if delta_path else ({}, {})
+        with applied(model, deltas):
+            df, metrics = evaluate_task(model, tok, task, items, batch_size=args.options.get("batch_size", 8),
+                                        cache=cache.at(delta_key(delta_path)) if cache else None)
+        _write_predictions(df, out_predictions)
+        write_metrics(out_metrics, {**_checkpoint_labels(args, meta), "task": task.name,
+                                    "metrics": {metrics["metric"]: metrics["value"]},
+                                    "n": metrics["n"], "scoring": metrics["scoring"]})
 
 
 def cmd_evaluate_edits(args) -> None:
+    """Editing metrics of every given checkpoint of one sequence, on one loaded base model."""
     from editharm.aggregate import write_metrics
-    from editharm.deltas import applied
+    from editharm.deltas import applied, load_delta
     from editharm.evaluation import base_argmax, edit_metrics
+    from editharm.modeling import load_model
     from editharm.sequences import read_sequence
 
     device = _torch_setup(args)
-    model, tok, deltas, meta = _load_checkpoint(args, device)
+    checkpoints = _checkpoints(args)
     by_id = {r.id: r for r in read_sequence(args.sequence).records}
-    missing = sorted(set(meta["record_ids"]) - set(by_id))
-    if missing:
-        raise ValueError(f"{args.delta} edited record(s) {missing[:5]} that {args.sequence} does not hold")
-    records = [by_id[i] for i in meta["record_ids"]]
-    latest = set(meta["latest_ids"])
-    base = base_argmax(model, tok, records)
-    with applied(model, deltas):
-        df, metrics = edit_metrics(model, tok, records, latest=latest, base_predictions=base,
-                                   fluency_tokens=args.fluency_tokens)
-    _write_predictions(df, args.out_predictions)
-    scores = {k: v for k, v in metrics.items() if k != "n" and v is not None}  # None: nothing to average
-    write_metrics(args.out_metrics, {**args.labels, "task": "editing", "metrics": scores, "n": len(records),
-                                     "scoring": "teacher_forced"})
-    log.info("editing metrics of %d edits: %s", len(records), json.dumps(metrics, sort_keys=True))
+    loaded = []
+    for delta_path, _, _ in checkpoints:
+        if delta_path is None:
+            raise ValueError("evaluate-edits needs --delta: editing metrics belong to an edited checkpoint")
+        deltas, meta = load_delta(delta_path)
+        missing = sorted(set(meta["record_ids"]) - set(by_id))
+        if missing:
+            raise ValueError(f"{delta_path} edited record(s) {missing[:5]} that {args.sequence} does not hold")
+        loaded.append((deltas, meta))
+    model, tok = load_model(args.model, device, args.dtype)
+    # The unedited model's locality answers, once for every record any checkpoint edited.
+    seen = list(dict.fromkeys(i for _, meta in loaded for i in meta["record_ids"]))
+    base = dict(zip(seen, base_argmax(model, tok, [by_id[i] for i in seen])))
+    for (deltas, meta), (_, out_predictions, out_metrics) in zip(loaded, checkpoints):
+        records = [by_id[i] for i in meta["record_ids"]]
+        with applied(model, deltas):
+            df, metrics = edit_metrics(model, tok, records, latest=set(meta["latest_ids"]),
+                                       base_predictions=[base[r.id] for r in records],
+                                       fluency_tokens=args.fluency_tokens)
+        _write_predictions(df, out_predictions)
+        scores = {k: v for k, v in metrics.items() if k != "n" and v is not None}  # None: nothing to average
+        write_metrics(out_metrics, {**_checkpoint_labels(args, meta), "task": "editing", "metrics": scores,
+                                    "n": len(records), "scoring": "teacher_forced"})
+        log.info("editing metrics of %d edits at step %s: %s", len(records), meta.get("step"),
+                 json.dumps(metrics, sort_keys=True))
 
 
 def cmd_weight_stats(args) -> None:
@@ -417,14 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(name, func, help_)
         torch_opts(sp)
         sp.add_argument("--model", type=Path, required=True)
-        sp.add_argument("--delta", type=Path, default=None, help="dW safetensors (omit for the base model)")
-        sp.add_argument("--labels", type=_json, required=True, help="model/method/reg/setting/seq/step labels")
-        sp.add_argument("--out-predictions", type=Path, required=True)
-        sp.add_argument("--out-metrics", type=Path, required=True)
+        sp.add_argument("--delta", type=Path, nargs="*", default=[],
+                        help="dW safetensors, one per checkpoint (none: the base model)")
+        sp.add_argument("--labels", type=_json, required=True,
+                        help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
+        sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
+        sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
         if name == "evaluate-task":
             sp.add_argument("--task", required=True)
             sp.add_argument("--data", type=Path, required=True)
             sp.add_argument("--options", type=_json, default={})
+            sp.add_argument("--cache", type=Path, default=None,
+                            help="prediction cache folder (raw outputs by model, dW, task and item)")
         else:
             sp.add_argument("--sequence", type=Path, required=True)
             sp.add_argument("--fluency-tokens", type=int, default=0,

@@ -170,7 +170,9 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
                 )
         else:
             raise SourceError(f"source {source_text!r}: kind {source.kind!r} is for datasets, not models")
-        prov = {"source": source_text, **prov}
+        # Each file's checksum: the model's identity for the prediction cache, and a record of what ran.
+        files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
+        prov = {"source": source_text, **prov, "files": files}
         (out / MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     return prov
 

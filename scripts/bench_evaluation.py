@@ -1,0 +1,155 @@
+"""General-ability evaluation as the pipeline runs it vs the reference protocol's per-example loop.
+
+Usage: python scripts/bench_evaluation.py [--model DIR] [--tasks gsm8k,nq,...] [--limit N]
+                                          [--batch-size B] [--deltas F1 F2 ...] [--threads T]
+
+Part 1, decoding: every task in generate mode (the papers' protocol), the same rendered prompts
+and the same greedy decoding both ways:
+  reference  one example at a time, `model.generate` with batch 1 up to the task's token limit
+             (or EOS), the task's stop strings cut afterwards;
+  batch 1    `evaluate_task` with batch size 1: our decoding, stopping at a stop string too, one
+             example at a time (what batching alone gains is batch 1 / editharm);
+  editharm   `evaluate_task`: length-sorted left-padded batches with a KV cache, each row
+             stopping at EOS, a stop string or the limit.
+It checks the final texts are identical and prints the throughput ratios per task and overall.
+
+Part 2, checkpoints: K ΔW files of one sequence evaluated on one task
+  fresh loads  load the base model, add ΔW, evaluate (K times, as one job per checkpoint does);
+  one load     load once, add and remove each ΔW in turn (one job per configuration);
+  cached       the one-load job again with the prediction cache warm (a rerun, or a changed limit).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editharm.datasets import DEMO_DIR
+from editharm.deltas import applied, load_delta
+from editharm.evaluation import evaluate_task
+from editharm.modeling import load_model
+from editharm.predcache import PredictionCache, delta_key, model_key
+from editharm.tasks import TASKS
+
+ALL_TASKS = "gsm8k,rte,nq,boolq,mutual,samsum,conll2003,sst2"
+
+
+def reference_loop(model, tok, task, prompts: list[str]) -> list[str]:
+    """One prompt at a time through Hugging Face `generate` (greedy), cut at the stop strings after."""
+    texts = []
+    with torch.no_grad():
+        for prompt in prompts:
+            enc = tok(prompt, return_tensors="pt").to(model.device)
+            out = model.generate(**enc, max_new_tokens=task.max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            text = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            cuts = [i for i in (text.find(s) for s in task.stop) if i >= 0]
+            texts.append(text[: min(cuts)] if cuts else text)
+    return texts
+
+
+def bench_decoding(model, tok, names: list[str], limit: int | None, batch_size: int) -> bool:
+    print(f"\n== decoding: reference per-example loop vs batched evaluation (batch {batch_size}) ==")
+    print(f"{'task':>10} {'items':>6} {'reference s':>12} {'batch 1 s':>10} {'editharm s':>11} "
+          f"{'vs ref':>7} {'vs b1':>6} {'identical':>10}")
+    total_ref = total_one = total_ours = 0.0
+    all_same = True
+    warm = TASKS.get(names[0]).with_options(scoring="generate", max_new_tokens=2)
+    evaluate_task(model, tok, warm, warm.load_items(DEMO_DIR / warm.dataset, limit=2), batch_size=2)
+    for name in names:
+        task = TASKS.get(name).with_options(scoring="generate")
+        items = task.load_items(DEMO_DIR / TASKS.get(name).dataset, limit=limit)
+        prompts = [task.render(item) for item in items]
+        start = time.perf_counter()
+        reference = reference_loop(model, tok, task, prompts)
+        ref_s = time.perf_counter() - start
+        start = time.perf_counter()
+        single, _ = evaluate_task(model, tok, task, items, batch_size=1)
+        one_s = time.perf_counter() - start
+        start = time.perf_counter()
+        frame, _ = evaluate_task(model, tok, task, items, batch_size=batch_size)
+        ours_s = time.perf_counter() - start
+        same = sum(a == b == c for a, b, c in zip(reference, single["raw"], frame["raw"]))
+        all_same &= same == len(items)
+        total_ref, total_one, total_ours = total_ref + ref_s, total_one + one_s, total_ours + ours_s
+        print(f"{name:>10} {len(items):>6} {ref_s:12.2f} {one_s:10.2f} {ours_s:11.2f} "
+              f"{ref_s / ours_s:6.1f}x {one_s / ours_s:5.1f}x {same:>5}/{len(items)}")
+        for i, (a, b) in enumerate(zip(reference, frame["raw"])):
+            if a != b:
+                print(f"    item {i}: reference {a!r}\n    {'':>7} editharm  {b!r}")
+    print(f"{'all':>10} {'':>6} {total_ref:12.2f} {total_one:10.2f} {total_ours:11.2f} "
+          f"{total_ref / total_ours:6.1f}x {total_one / total_ours:5.1f}x")
+    return all_same
+
+
+def bench_checkpoints(model_dir: Path, deltas: list[Path], name: str, limit: int | None, batch_size: int,
+                      device: torch.device) -> None:
+    task = TASKS.get(name)
+    items = task.load_items(DEMO_DIR / task.dataset, limit=limit)
+    print(f"\n== {len(deltas)} checkpoints on {name} ({len(items)} items, {task.scoring} scoring) ==")
+    start = time.perf_counter()
+    fresh = []
+    for path in deltas:
+        model, tok = load_model(model_dir, device)
+        with applied(model, load_delta(path)[0]):
+            fresh.append(evaluate_task(model, tok, task, items, batch_size=batch_size)[0])
+    fresh_s = time.perf_counter() - start
+
+    def one_load(cache_root: Path | None):
+        model, tok = load_model(model_dir, device)
+        cache = PredictionCache(cache_root, model_key(model_dir, "float32", device))
+        frames = []
+        for path in deltas:
+            with applied(model, load_delta(path)[0]):
+                frames.append(evaluate_task(model, tok, task, items, batch_size=batch_size,
+                                            cache=cache.at(delta_key(path)))[0])
+        return frames
+
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        once = one_load(Path(root))
+        once_s = time.perf_counter() - start
+        start = time.perf_counter()
+        cached = one_load(Path(root))
+        cached_s = time.perf_counter() - start
+    same = all(a.equals(b) and a.equals(c) for a, b, c in zip(fresh, once, cached))
+    print(f"{'fresh loads':>14} {fresh_s:8.2f} s")
+    print(f"{'one load':>14} {once_s:8.2f} s  {fresh_s / once_s:5.1f}x")
+    print(f"{'cached rerun':>14} {cached_s:8.2f} s  {fresh_s / cached_s:5.1f}x   identical tables: {same}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("data/models/smollm2-135m"))
+    parser.add_argument("--tasks", default=ALL_TASKS)
+    parser.add_argument("--limit", type=int, default=None, help="items per task (default: every demo item)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--deltas", type=Path, nargs="*", default=None,
+                        help="ΔW files of one sequence for part 2 (default: the default run's ROME sequence)")
+    parser.add_argument("--checkpoint-task", default="sst2")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    model, tok = load_model(args.model, device)
+    print(f"model {args.model}  threads {args.threads}  torch {torch.__version__}")
+    same = bench_decoding(model, tok, args.tasks.split(","), args.limit, args.batch_size)
+    deltas = args.deltas
+    if deltas is None:
+        folder = Path("data/edits") / args.model.name / "rome/none/instance_sequential/seq0"
+        deltas = sorted(folder.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))[1:]
+    if deltas:
+        bench_checkpoints(args.model, deltas, args.checkpoint_task, args.limit, args.batch_size, device)
+    else:
+        print("\n(no ΔW files found for part 2: run the pipeline first, or pass --deltas)")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
