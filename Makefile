@@ -27,4 +27,4 @@ lint: setup
 	snakemake --lint
 
 clean-results:
-	rm -rf data/sequences data/edits data/eval data/stats reports/index.html reports/metrics .snakemake logs benchmarks
+	rm -rf data/sequences data/edits data/eval data/stats data/cache reports/index.html reports/metrics .snakemake logs benchmarks
