@@ -12,6 +12,7 @@ REGS = list(cfg["regularizers"])
 SETTINGS = list(cfg["settings"])
 SEQS = list(range(cfg["sequences"]["count"]))
 SETTING_STEPS = {label: ehc.setting_steps(cfg, label) for label in SETTINGS}
+SETTING_METHODS = {label: ehc.setting_methods(cfg, label) for label in SETTINGS}
 TASKS = list(cfg["evaluation"]["tasks"])
 GPU = 0 if cfg["device"] == "cpu" else 1
 CORPUS = f"{ehc.corpus_key(cfg)}-n{cfg['stats']['n']}"
@@ -100,7 +101,7 @@ def get_all_metrics(w=None):
         for setting in SETTINGS
         for path in expand(
             "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/{task}.json",
-            model=MODELS, method=METHODS, reg=REGS, setting=[setting], seq=SEQS,
+            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS,
             step=[s for s in SETTING_STEPS[setting] if s > 0], task=TASKS + ["editing"],
         )
     ]
@@ -109,7 +110,11 @@ def get_all_metrics(w=None):
 
 def get_all_weights(kind):
     """Every configuration's weight-change table (kind "weights") or heatmap table (kind "heatmap")."""
-    return expand(
-        "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/{kind}.parquet",
-        model=MODELS, method=METHODS, reg=REGS, setting=SETTINGS, seq=SEQS, kind=[kind],
-    )
+    return [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/{kind}.parquet",
+            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS, kind=[kind],
+        )
+    ]

@@ -123,6 +123,20 @@ def test_settings_labels_kinds_and_their_keys(default):
     assert "settings.b" in msg and "1..8" in msg
 
 
+def test_a_setting_may_run_only_some_methods(default):
+    from editharm.config import setting_methods, setting_spec
+
+    cfg = copy.deepcopy(default)
+    cfg["methods"] = {"rome": {}, "memit": {}}
+    cfg["settings"] = {"instance_sequential": {"methods": ["rome"]}, "batch_single": {"batch_sizes": [2]}}
+    valid = validate_params(cfg)
+    assert setting_methods(valid, "instance_sequential") == ["rome"]
+    assert setting_methods(valid, "batch_single") == ["rome", "memit"]
+    assert setting_spec(valid, "instance_sequential") == {"kind": "instance_sequential"}  # not an edit key
+    msg = _bad(default, lambda c: c["settings"].update(instance_sequential={"methods": ["kn"]}))
+    assert "settings.instance_sequential.methods" in msg and "['kn']" in msg and "allowed: rome" in msg
+
+
 def test_trainable_method_needs_its_train_split(default):
     msg = _bad(default, lambda c: c["methods"].update(mend={}))
     assert "methods.mend.train_dataset" in msg and "zsre_train" in msg

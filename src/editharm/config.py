@@ -157,6 +157,10 @@ def _check_names(cfg: dict, source: str) -> None:
             setting_steps(cfg, label)
         except ValueError as exc:
             raise ParamsError(f"{source}: key 'settings.{label}': {exc}") from None
+        unknown = [m for m in setting_methods(cfg, label) if m not in cfg["methods"]]
+        if unknown:
+            raise ParamsError(f"{source}: key 'settings.{label}.methods': {unknown} not under 'methods'; "
+                              f"allowed: {', '.join(cfg['methods'])}")
     for label, spec in cfg["regularizers"].items():
         kind = spec.get("kind", label)
         try:
@@ -236,9 +240,16 @@ def eval_steps(cfg: dict) -> list[int]:
 
 
 def setting_spec(cfg: dict, label: str) -> dict:
-    """{"kind": ..., and the setting's own keys} for a label under `settings`."""
+    """{"kind": ..., and the setting's own keys} for a label under `settings` (without `methods`,
+    which picks configurations rather than shaping the edits)."""
     spec = dict(cfg["settings"][label])
+    spec.pop("methods", None)
     return {"kind": spec.pop("kind", label), **spec}
+
+
+def setting_methods(cfg: dict, label: str) -> list[str]:
+    """The method labels a setting runs: its `methods` list, else every method."""
+    return list(cfg["settings"][label].get("methods", cfg["methods"]))
 
 
 def setting_of(cfg: dict, label: str):
