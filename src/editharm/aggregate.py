@@ -1,8 +1,9 @@
 """Metric files: their schema, and their aggregation into one tidy table plus a DVC summary.
 
 Every evaluation job writes one JSON file per (model, method, reg, setting, seq, step, task),
-`task` being a general-ability task name or "editing" for the editing metrics. The schema is
-`MetricRecord`; `write_metrics` is the only sanctioned writer, so a file that `aggregate` rejects
+`task` being a general-ability task name or "editing" for the editing metrics; a job that scores
+several checkpoints or tasks at once (the lm-eval probes) writes a list of such records. The schema
+is `MetricRecord`; `write_metrics` is the only sanctioned writer, so a file that `aggregate` rejects
 points at a bug in whoever bypassed it.
 """
 from __future__ import annotations
@@ -29,7 +30,9 @@ EDITING_METRICS = (
     "reliability", "generalization", "locality", "portability", "fluency",
     "reliability_all", "generalization_all", "locality_all", "portability_all",
 )
-SCORINGS = ("generate", "choice", "teacher_forced")
+# "loglikelihood" and "mixed" come from lm-eval probes: tasks scored by the log-likelihood of a
+# text, and groups whose tasks score in different ways.
+SCORINGS = ("generate", "choice", "teacher_forced", "loglikelihood", "mixed")
 RUN_KEYS = ["model", "method", "reg", "config", "setting", "seq"]
 GROUP_KEYS = [*RUN_KEYS, "step", "edits"]
 SORT_KEYS = ["model", "setting", "config", "seq", "step", "kind", "task", "metric"]
@@ -159,17 +162,37 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_metrics(path: Path, record: MetricRecord | Mapping[str, Any]) -> None:
-    """Validate `record` and write it as a metric file (atomically)."""
-    path = Path(path)
+def _validated(record: MetricRecord | Mapping[str, Any], source: str) -> dict[str, Any]:
     raw = record.to_dict() if isinstance(record, MetricRecord) else record
-    _write_json(path, MetricRecord.from_dict(raw, source=str(path)).to_dict())
+    return MetricRecord.from_dict(raw, source=source).to_dict()
+
+
+def write_metrics(path: Path, record: MetricRecord | Mapping[str, Any] | list) -> None:
+    """Validate `record` (or a non-empty list of records) and write it as a metric file (atomically)."""
+    path = Path(path)
+    if isinstance(record, list):
+        if not record:
+            raise MetricFileError(f"{path}: a metric file needs at least one record")
+        _write_json(path, [_validated(r, f"{path}[{i}]") for i, r in enumerate(record)])
+    else:
+        _write_json(path, _validated(record, str(path)))
 
 
 def read_metrics(path: Path) -> MetricRecord:
     path = Path(path)
     raw = read_json(path, dict, "a JSON object of metric fields", MetricFileError)
     return MetricRecord.from_dict(raw, source=str(path))
+
+
+def read_metric_records(path: Path) -> list[MetricRecord]:
+    """The records of a metric file: one JSON object, or a non-empty list of them."""
+    path = Path(path)
+    raw = read_json(path, (dict, list), "a JSON object of metric fields or a list of them", MetricFileError)
+    if isinstance(raw, dict):
+        return [MetricRecord.from_dict(raw, source=str(path))]
+    if not raw:
+        raise MetricFileError(f"{path}: an empty list holds no metric records")
+    return [MetricRecord.from_dict(r, source=f"{path}[{i}]") for i, r in enumerate(raw)]
 
 
 def _rows(record: MetricRecord) -> list[dict[str, Any]]:
@@ -194,12 +217,12 @@ def build_table(metric_files: list[Path]) -> pd.DataFrame:
     seen: dict[tuple, Path] = {}
     rows: list[dict[str, Any]] = []
     for path in map(Path, metric_files):
-        record = read_metrics(path)
-        key = (record.model, record.method, record.reg, record.setting, record.seq, record.step, record.task)
-        if key in seen:
-            raise MetricFileError(f"{path}: same (model, method, reg, setting, seq, step, task) as {seen[key]}")
-        seen[key] = path
-        rows.extend(_rows(record))
+        for record in read_metric_records(path):
+            key = (record.model, record.method, record.reg, record.setting, record.seq, record.step, record.task)
+            if key in seen:
+                raise MetricFileError(f"{path}: same (model, method, reg, setting, seq, step, task) as {seen[key]}")
+            seen[key] = path
+            rows.extend(_rows(record))
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table = table.astype({"seq": "int64", "step": "int64", "edits": "int64", "n": "int64", "value": "float64",
                           "primary": "bool", "demo": "bool"})

@@ -32,6 +32,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _name_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def _setup_logging(log_file: Path | None) -> None:
     console = logging.StreamHandler(sys.stderr)
     # The console (shared by parallel jobs) gets warnings and errors when a job log exists.
@@ -291,6 +298,40 @@ def cmd_evaluate_edits(args) -> None:
                  json.dumps(metrics, sort_keys=True))
 
 
+def cmd_lm_eval(args) -> None:
+    import pandas as pd
+
+    from editharm import lmeval
+    from editharm.aggregate import write_metrics
+    from editharm.deltas import applied, load_delta
+    from editharm.fileio import atomic_write
+    from editharm.modeling import load_model
+
+    # Everything that can be refused is refused before the model loads.
+    options = lmeval.LmEvalOptions(tasks=tuple(args.tasks), limit=args.limit, num_fewshot=args.num_fewshot,
+                                   batch_size=args.batch_size, include_path=args.include_path, seed=args.seed)
+    manager = lmeval.task_manager(options)
+    lmeval.check_tasks(options.tasks, manager)
+    device = _torch_setup(args)
+    model, tok = load_model(args.model, device, args.dtype)
+    records, samples = [], []
+    # One loaded model for every checkpoint: each ΔW is applied, scored, then removed exactly.
+    for path in args.delta or [None]:
+        deltas, meta = load_delta(path) if path else ({}, {})
+        labels = {**args.labels, **{k: meta[k] for k in ("step", "edits") if k in meta}}
+        labels.setdefault("step", 0)
+        with applied(model, deltas):
+            scores, items = lmeval.evaluate(model, tok, options, manager)
+        records += [s.record(labels) for s in scores]
+        items.insert(0, "step", labels["step"])
+        samples.append(items)
+        log.info("lm-eval on %s: %s", path or "the base model",
+                 ", ".join(f"{s.task} {s.primary}={s.metrics[s.primary]:.4f}" for s in scores))
+    table = pd.concat(samples, ignore_index=True)
+    atomic_write(args.out_samples, lambda tmp: table.to_parquet(tmp, index=False))
+    write_metrics(args.out_metrics, records)
+
+
 def cmd_weight_stats(args) -> None:
     from editharm.deltas import load_delta
     from editharm.modeling import edited_matrix, load_model
@@ -465,6 +506,22 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--sequence", type=Path, required=True)
             sp.add_argument("--fluency-tokens", type=int, default=0,
                             help="tokens generated per edit prompt for fluency (0: no fluency)")
+
+    sp = add("lm-eval", cmd_lm_eval, "score checkpoints on lm-evaluation-harness tasks (extra: editharm[lmeval])")
+    torch_opts(sp)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--delta", type=Path, nargs="*", default=[],
+                    help="dW safetensors, scored in turn on one loaded model (none: the base model)")
+    sp.add_argument("--tasks", type=_name_list, required=True, help="lm-eval task, group or tag names, e.g. piqa,mmlu")
+    sp.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
+    sp.add_argument("--num-fewshot", type=int, default=None, help="default: each task's own")
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--include-path", default=None, help="folder of task YAMLs of one's own")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--labels", type=_json, required=True,
+                    help="model/method/reg/setting/seq/demo labels; step and edits come from each dW file")
+    sp.add_argument("--out-metrics", type=Path, required=True, help="JSON list of metric records")
+    sp.add_argument("--out-samples", type=Path, required=True, help="per-item parquet")
 
     sp = add("aggregate", cmd_aggregate, "collect metric files into one table")
     sp.add_argument("--out-dir", type=Path, required=True)

@@ -47,7 +47,7 @@ def staging_dir(dest: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_json(path: Path, expect: type, what: str, error: type[Exception] = ValueError) -> Any:
+def read_json(path: Path, expect: type | tuple[type, ...], what: str, error: type[Exception] = ValueError) -> Any:
     """Parse `path` as JSON holding a `expect` (list or dict); `error` names the file otherwise."""
     path = Path(path)
     try:
