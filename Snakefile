@@ -17,6 +17,7 @@ include: "rules/sequences.smk"
 include: "rules/stats.smk"
 include: "rules/edit.smk"
 include: "rules/evaluate.smk"
+include: "rules/lmeval.smk"
 include: "rules/report.smk"
 
 

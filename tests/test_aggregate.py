@@ -134,6 +134,24 @@ def test_write_metrics_validates_before_writing(tmp_path):
     assert back.metrics == {"accuracy": 1.0} and back.config == "rome" and back.kind == "general"
 
 
+def test_a_file_may_hold_a_list_of_records_each_validated_by_index(tmp_path):
+    many = tmp_path / "lmeval.json"
+    probe = dict(task="lmeval:piqa", metrics={"acc": 0.6, "acc_stderr": 0.05}, primary="acc")
+    write_metrics(many, [record(step=1, **probe), record(step=2, **probe, scoring="loglikelihood")])
+    write_metrics(tmp_path / "sst2.json", sst2(0.5, step=1))
+    table = aggregate([many, tmp_path / "sst2.json"], tmp_path / "out")
+    rows = table[table["task"] == "lmeval:piqa"]
+    assert list(zip(rows["step"], rows["metric"], rows["primary"])) == [
+        (1, "acc", True), (1, "acc_stderr", False), (2, "acc", True), (2, "acc_stderr", False)]
+    assert general_means(table).set_index("step")["n_tasks"].to_dict() == {1: 2, 2: 1}
+    with pytest.raises(MetricFileError, match=r"\[1\]: key 'n'"):
+        write_metrics(tmp_path / "bad.json", [record(), record(n=-1)])
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(MetricFileError, match="empty list"):
+        aggregate([tmp_path / "empty.json"], tmp_path / "out2")
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_base_evaluated_once_is_step_zero_of_every_run(tmp_path):
     base = dict(method="base", setting="base", step=0)
     recs = [sst2(0.5, **base), gsm8k(0.25, **base),

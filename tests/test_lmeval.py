@@ -5,12 +5,16 @@ import json
 import math
 import sys
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from editharm import lmeval
 from editharm.cli import main
+from editharm.config import ParamsError, lmeval_args, validate_params
 from editharm.generation import choice_scores
 
 needs_lm_eval = pytest.mark.skipif(
@@ -92,6 +96,36 @@ def delta_that_changes_answers(model) -> dict[str, torch.Tensor]:
 
 def options(task_dir, *tasks, **kw):
     return lmeval.LmEvalOptions(tasks=tasks, include_path=str(task_dir), batch_size=3, **kw)
+
+
+@pytest.fixture(scope="module")
+def default_params():
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+def test_params_probes_are_off_by_default_and_become_command_options(default_params, tmp_path):
+    assert validate_params(default_params)["evaluation"]["lm_eval"] == {
+        "tasks": [], "limit": None, "num_fewshot": None, "batch_size": 8, "include_path": None}
+    assert lmeval_args(validate_params(default_params)) == []
+    on = {**default_params, "seed": 7, "evaluation": {**default_params["evaluation"], "lm_eval": {
+        "tasks": ["piqa", "mmlu"], "num_fewshot": 5, "include_path": str(tmp_path)}}}
+    assert lmeval_args(validate_params(on)) == [
+        "--tasks", "piqa,mmlu", "--batch-size", "8", "--seed", "7", "--num-fewshot", "5", "--include-path", str(tmp_path)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"tasks": "piqa"}, "'evaluation.lm_eval.tasks': 'piqa' is not of type 'array'"),
+    ({"tasks": ["piqa,mmlu"]}, "'evaluation.lm_eval.tasks.0'"),
+    ({"tasks": ["piqa", "piqa"]}, "has non-unique elements"),
+    ({"tasks": ["piqa"], "limit": 0}, "'evaluation.lm_eval.limit'"),
+    ({"tasks": ["piqa"], "fewshot": 5}, "unknown key 'evaluation.lm_eval.fewshot'; allowed: batch_size, include_path"),
+    ({"tasks": ["piqa"], "include_path": "/no/such/folder"}, "'evaluation.lm_eval.include_path' is '/no/such/folder', "
+                                                             "which is not a folder"),
+])
+def test_params_refuse_bad_probe_keys_naming_them(default_params, spec, message):
+    bad = {**default_params, "evaluation": {**default_params["evaluation"], "lm_eval": spec}}
+    with pytest.raises(ParamsError, match=message):
+        validate_params(bad)
 
 
 def test_missing_extra_names_the_install_line_before_any_model_loads(monkeypatch, tmp_path, capsys):

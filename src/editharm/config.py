@@ -130,6 +130,7 @@ def _check_names(cfg: dict, source: str) -> None:
                 f"{source}: key 'evaluation.tasks.{name}.scoring' is 'choice' but task {name!r} has no label set; "
                 "allowed: generate"
             )
+    _check_lm_eval(cfg["evaluation"]["lm_eval"], source)
     for label, spec in cfg["methods"].items():
         kind = spec.get("kind", label)
         try:
@@ -179,6 +180,15 @@ def _check_names(cfg: dict, source: str) -> None:
                     except (ValueError, NotImplementedError) as exc:
                         raise ParamsError(f"{source}: key 'regularizers.{label}' reads statistics of the modules "
                                           f"method {method!r} edits, which it cannot name: {exc}") from None
+
+
+def _check_lm_eval(spec: dict, source: str) -> None:
+    """The lm-eval probe keys; task names are checked against lm-eval itself by the job, before it
+    loads a model, so validating params never needs the optional extra."""
+    include = spec["include_path"]
+    if include is not None and not Path(include).is_dir():
+        raise ParamsError(f"{source}: key 'evaluation.lm_eval.include_path' is {include!r}, which is not a folder; "
+                          "allowed: null or a folder of lm-eval task YAMLs")
 
 
 # ---- derived values (what each job receives through Snakemake `params:`) ----
@@ -233,6 +243,18 @@ def task_options(cfg: dict, task: str) -> dict:
         "max_new_tokens": opts.get("max_new_tokens", t.max_new_tokens),
         "batch_size": cfg["evaluation"]["batch_size"],
     }
+
+
+def lmeval_args(cfg: dict) -> list[str]:
+    """`editharm lm-eval` options from evaluation.lm_eval and the run's seed; [] when the probes are off."""
+    spec = cfg["evaluation"]["lm_eval"]
+    if not spec["tasks"]:
+        return []
+    args = ["--tasks", ",".join(spec["tasks"]), "--batch-size", str(spec["batch_size"]), "--seed", str(cfg["seed"])]
+    for key in ("limit", "num_fewshot", "include_path"):
+        if spec[key] is not None:
+            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    return args
 
 
 def eval_steps(cfg: dict) -> list[int]:
