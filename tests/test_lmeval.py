@@ -128,6 +128,10 @@ def test_params_refuse_bad_probe_keys_naming_them(default_params, spec, message)
         validate_params(bad)
 
 
+def run(model, tok, opts, manager):
+    return lmeval.evaluate(model, tok, opts, manager, lmeval.load_tasks(opts, manager))
+
+
 def test_missing_extra_names_the_install_line_before_any_model_loads(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
     with pytest.raises(lmeval.LmEvalNotInstalled, match=r"pip install 'editharm\[lmeval\]'"):
@@ -172,7 +176,7 @@ def test_accuracy_and_log_likelihoods_match_an_independent_computation(tiny_llam
     want_scores, want_acc = expected(model, tok)
     assert 0 < want_acc < 1  # a task the model gets partly right, so a wrong scorer shows
 
-    (score,), samples = lmeval.evaluate(model, tok, options(task_dir, "capitals"), local_manager)
+    (score,), samples = run(model, tok, options(task_dir, "capitals"), local_manager)
 
     assert (score.task, score.primary, score.n, score.scoring) == ("capitals", "acc", len(ITEMS), "choice")
     assert score.metrics["acc"] == pytest.approx(want_acc, abs=1e-12)
@@ -194,13 +198,13 @@ def test_group_is_one_score_over_its_tasks_items_and_limit_cuts_each_task(tiny_l
     _, acc_all = expected(model, tok)
     _, acc_first3 = expected(model, tok, ITEMS[:3])
 
-    scores, samples = lmeval.evaluate(model, tok, options(task_dir, "capitals_all"), local_manager)
+    scores, samples = run(model, tok, options(task_dir, "capitals_all"), local_manager)
     (group,) = scores  # its tasks are reported inside it, not beside it
     assert (group.task, group.n) == ("capitals_all", len(ITEMS) + 3)
     assert group.metrics["acc"] == pytest.approx((acc_all * len(ITEMS) + acc_first3 * 3) / (len(ITEMS) + 3))
     assert samples.groupby("task").size().to_dict() == {"capitals": len(ITEMS), "capitals_again": 3}
 
-    (limited,), samples = lmeval.evaluate(model, tok, options(task_dir, "capitals", limit=2), local_manager)
+    (limited,), samples = run(model, tok, options(task_dir, "capitals", limit=2), local_manager)
     _, acc_first2 = expected(model, tok, ITEMS[:2])
     assert limited.n == 2 and len(samples) == 2 and limited.metrics["acc"] == pytest.approx(acc_first2)
 
@@ -248,9 +252,20 @@ def test_cli_scores_each_checkpoint_on_one_model_and_aggregates(tiny_llama, task
 
 
 @needs_lm_eval
-def test_cli_refuses_an_unknown_task_before_loading_the_model(task_dir, local_manager, tmp_path, capsys, monkeypatch):
-    # The local index stands in for lm-eval's full one (same class, seconds less to build).
-    monkeypatch.setattr(lmeval, "task_manager", lambda options: local_manager)
+def test_cli_refuses_unknown_tasks_and_missing_data_before_loading_the_model(task_dir, tmp_path, capsys, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    (task_dir / "capitals_lost.yaml").write_text(
+        TASK_YAML.format(name="capitals_lost", data=tmp_path / "absent.jsonl", cache=tmp_path / "hf-cache"))
+    # An index of the local tasks stands in for lm-eval's full one (same class, seconds less to build).
+    monkeypatch.setattr(lmeval, "task_manager", lambda options: TaskManager(include_path=str(task_dir),
+                                                                           include_defaults=False))
+    # The model folder does not exist: each command must fail on its task, not on loading the model.
+    assert main(["lm-eval", "--model", str(tmp_path / "absent"), "--tasks", "capitals_lost",
+                 "--include-path", str(task_dir), "--labels", "{}", "--out-metrics", str(tmp_path / "m.json"),
+                 "--out-samples", str(tmp_path / "s.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "FileNotFoundError" in err and "absent.jsonl" in err
     assert main(["lm-eval", "--model", str(tmp_path / "absent"), "--tasks", "capitals,capitalz",
                  "--include-path", str(task_dir), "--labels", "{}", "--out-metrics", str(tmp_path / "m.json"),
                  "--out-samples", str(tmp_path / "s.parquet")]) == 1

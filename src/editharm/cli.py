@@ -311,7 +311,7 @@ def cmd_lm_eval(args) -> None:
     options = lmeval.LmEvalOptions(tasks=tuple(args.tasks), limit=args.limit, num_fewshot=args.num_fewshot,
                                    batch_size=args.batch_size, include_path=args.include_path, seed=args.seed)
     manager = lmeval.task_manager(options)
-    lmeval.check_tasks(options.tasks, manager)
+    tasks = lmeval.load_tasks(options, manager)
     device = _torch_setup(args)
     model, tok = load_model(args.model, device, args.dtype)
     records, samples = [], []
@@ -321,7 +321,7 @@ def cmd_lm_eval(args) -> None:
         labels = {**args.labels, **{k: meta[k] for k in ("step", "edits") if k in meta}}
         labels.setdefault("step", 0)
         with applied(model, deltas):
-            scores, items = lmeval.evaluate(model, tok, options, manager)
+            scores, items = lmeval.evaluate(model, tok, options, manager, tasks)
         records += [s.record(labels) for s in scores]
         items.insert(0, "step", labels["step"])
         samples.append(items)

@@ -120,6 +120,20 @@ def check_tasks(names: Sequence[str], manager) -> None:
     )
 
 
+def load_tasks(options: LmEvalOptions, manager) -> list:
+    """lm-eval's Task and Group objects for the options' names, with their data loaded (downloaded
+    when not cached): done once, before the model loads, so a missing dataset fails early and every
+    checkpoint reuses the same items."""
+    check_tasks(options.tasks, manager)
+    loaded = []
+    for name in options.tasks:
+        built = manager.load([name])
+        groups = built.get("groups", {})
+        # a group carries its tasks; a task or a tag (several tasks) comes as tasks
+        loaded += [groups[name]] if name in groups else list(built["tasks"].values())
+    return loaded
+
+
 @dataclass(frozen=True)
 class TaskScore:
     """One requested task's (or group's) metrics as lm-eval reports them."""
@@ -138,8 +152,8 @@ class TaskScore:
                 "n": self.n, "scoring": self.scoring}
 
 
-def evaluate(model, tok, options: LmEvalOptions, manager) -> tuple[list[TaskScore], pd.DataFrame]:
-    """Run the options' tasks on `model` as it is now (its ΔW already applied).
+def evaluate(model, tok, options: LmEvalOptions, manager, tasks: list) -> tuple[list[TaskScore], pd.DataFrame]:
+    """Run `tasks` (from `load_tasks`) on `model` as it is now (its ΔW already applied).
 
     Returns one TaskScore per requested name (a tag expands to its tasks) and one row per scored
     item: task, doc_id, doc, arguments (the requests sent to the model), target, response (after
@@ -150,7 +164,7 @@ def evaluate(model, tok, options: LmEvalOptions, manager) -> tuple[list[TaskScor
 
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=options.batch_size)
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=list(options.tasks), num_fewshot=options.num_fewshot, limit=options.limit,
+        model=lm, tasks=list(tasks), num_fewshot=options.num_fewshot, limit=options.limit,
         task_manager=manager, log_samples=True, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=options.seed,
         numpy_random_seed=options.seed, torch_random_seed=options.seed, fewshot_random_seed=options.seed,
     )
