@@ -8,17 +8,23 @@ LMEVAL_ARGS = " ".join(map(shlex.quote, ehc.lmeval_args(cfg)))
 
 
 def get_lmeval_deltas(w):
-    return [f"data/edits/{config_dir(w)}/step-{step}.safetensors" for step in SETTING_STEPS[w.setting] if step > 0]
+    """The configuration's edited checkpoints (step 0 is the unedited model, scored once per model)."""
+    return step_deltas(w, w.setting, [s for s in SETTING_STEPS[w.setting] if s > 0])
 
 
 def get_lmeval_metrics(w=None):
     """Every lm-eval metric file of the grid, or [] when the probes are off."""
     if not LMEVAL_ARGS:
         return []
-    return expand("data/eval/{model}/base/lmeval.json", model=MODELS) + expand(
-        "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/lmeval.json",
-        model=MODELS, method=METHODS, reg=REGS, setting=SETTINGS, seq=SEQS,
-    )
+    edited = [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/lmeval.json",
+            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS,
+        )
+    ]
+    return expand("data/eval/{model}/base/lmeval.json", model=MODELS) + edited
 
 
 rule evaluate_lmeval_base:

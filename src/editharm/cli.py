@@ -299,6 +299,8 @@ def cmd_evaluate_edits(args) -> None:
 
 
 def cmd_lm_eval(args) -> None:
+    """lm-evaluation-harness tasks on every given checkpoint, on one loaded base model: one metric
+    file holding a record per (checkpoint, task), and one per-item table."""
     import pandas as pd
 
     from editharm import lmeval
@@ -310,6 +312,9 @@ def cmd_lm_eval(args) -> None:
     # Everything that can be refused is refused before the model loads.
     options = lmeval.LmEvalOptions(tasks=tuple(args.tasks), limit=args.limit, num_fewshot=args.num_fewshot,
                                    batch_size=args.batch_size, include_path=args.include_path, seed=args.seed)
+    for path in args.delta:
+        if not path.is_file():
+            raise FileNotFoundError(f"--delta {path}: no such file")
     manager = lmeval.task_manager(options)
     tasks = lmeval.load_tasks(options, manager)
     device = _torch_setup(args)
@@ -318,8 +323,7 @@ def cmd_lm_eval(args) -> None:
     # One loaded model for every checkpoint: each ΔW is applied, scored, then removed exactly.
     for path in args.delta or [None]:
         deltas, meta = load_delta(path) if path else ({}, {})
-        labels = {**args.labels, **{k: meta[k] for k in ("step", "edits") if k in meta}}
-        labels.setdefault("step", 0)
+        labels = {"step": 0, **_checkpoint_labels(args, meta)}
         with applied(model, deltas):
             scores, items = lmeval.evaluate(model, tok, options, manager, tasks)
         records += [s.record(labels) for s in scores]
