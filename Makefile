@@ -20,7 +20,12 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/loc
 run: setup
 	dvc repro
 
-test: setup
+# The tests also exercise the optional lm-evaluation-harness bridge, so they install that extra.
+$(VENV)/.installed-lmeval: $(VENV)/.installed requirements/lmeval.txt
+	$(PIP) -r requirements/lmeval.txt
+	touch $@
+
+test: setup $(VENV)/.installed-lmeval
 	$(BIN)/python -m pytest -q
 
 lint: setup

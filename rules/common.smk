@@ -1,6 +1,7 @@
 # Validated params and the grid they describe; input functions are named get_<thing>.
 import json
 import re
+import shlex
 
 from editharm import config as ehc
 
@@ -105,7 +106,7 @@ def get_all_metrics(w=None):
             step=[s for s in SETTING_STEPS[setting] if s > 0], task=TASKS + ["editing"],
         )
     ]
-    return base + edited
+    return base + edited + get_lmeval_metrics()
 
 
 def get_all_weights(kind):
@@ -118,3 +119,27 @@ def get_all_weights(kind):
             model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS, kind=[kind],
         )
     ]
+
+
+# lm-evaluation-harness probes (rules/lmeval.smk); off while evaluation.lm_eval.tasks is empty.
+LMEVAL_ARGS = " ".join(map(shlex.quote, ehc.lmeval_args(cfg)))
+
+
+def get_lmeval_deltas(w):
+    """The configuration's edited checkpoints (step 0 is the unedited model, scored once per model)."""
+    return step_deltas(w, w.setting, [s for s in SETTING_STEPS[w.setting] if s > 0])
+
+
+def get_lmeval_metrics(w=None):
+    """Every lm-eval metric file of the grid, or [] when the probes are off."""
+    if not LMEVAL_ARGS:
+        return []
+    edited = [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/lmeval.json",
+            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS,
+        )
+    ]
+    return expand("data/eval/{model}/base/lmeval.json", model=MODELS) + edited

@@ -2,31 +2,6 @@
 # configuration on one loaded model (and one for the unedited model). Off while
 # evaluation.lm_eval.tasks is empty; the jobs need the extra editharm[lmeval], and lm-eval's own
 # tasks read their data from the Hugging Face Hub (or a prepared cache with HF_DATASETS_OFFLINE=1).
-import shlex
-
-LMEVAL_ARGS = " ".join(map(shlex.quote, ehc.lmeval_args(cfg)))
-
-
-def get_lmeval_deltas(w):
-    """The configuration's edited checkpoints (step 0 is the unedited model, scored once per model)."""
-    return step_deltas(w, w.setting, [s for s in SETTING_STEPS[w.setting] if s > 0])
-
-
-def get_lmeval_metrics(w=None):
-    """Every lm-eval metric file of the grid, or [] when the probes are off."""
-    if not LMEVAL_ARGS:
-        return []
-    edited = [
-        path
-        for setting in SETTINGS
-        for path in expand(
-            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/lmeval.json",
-            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS,
-        )
-    ]
-    return expand("data/eval/{model}/base/lmeval.json", model=MODELS) + edited
-
-
 rule evaluate_lmeval_base:
     input:
         model="data/models/{model}",

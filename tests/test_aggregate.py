@@ -143,7 +143,8 @@ def test_a_file_may_hold_a_list_of_records_each_validated_by_index(tmp_path):
     rows = table[table["task"] == "lmeval:piqa"]
     assert list(zip(rows["step"], rows["metric"], rows["primary"])) == [
         (1, "acc", True), (1, "acc_stderr", False), (2, "acc", True), (2, "acc_stderr", False)]
-    assert general_means(table).set_index("step")["n_tasks"].to_dict() == {1: 2, 2: 1}
+    # the probe is charted but kept out of the headline mean over the built-in tasks
+    assert general_means(table).set_index("step")["n_tasks"].to_dict() == {1: 1}
     with pytest.raises(MetricFileError, match=r"\[1\]: key 'n'"):
         write_metrics(tmp_path / "bad.json", [record(), record(n=-1)])
     (tmp_path / "empty.json").write_text("[]")

@@ -22,6 +22,7 @@ from editharm.fileio import atomic_write, read_json
 log = logging.getLogger(__name__)
 
 EDITING_TASK = "editing"
+LMEVAL_PREFIX = "lmeval:"  # task names of lm-evaluation-harness probes (editharm.lmeval)
 # The unedited model is evaluated once per task under this method name (reg "none", step 0) and
 # shared as step 0 of every edited run.
 BASE_METHOD = "base"
@@ -245,8 +246,10 @@ def with_shared_base(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def general_means(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean general ability per run and step: the mean over tasks of each task's primary metric."""
-    rows = table[(table["kind"] == "general") & table["primary"]]
+    """Mean general ability per run and step: the mean over tasks of each task's primary metric.
+    lm-evaluation-harness probes are charted beside the tasks but kept out of this mean, so it stays
+    comparable between runs with and without them."""
+    rows = table[(table["kind"] == "general") & table["primary"] & ~table["task"].str.startswith(LMEVAL_PREFIX)]
     return (
         rows.groupby(GROUP_KEYS, sort=True)["value"]
         .agg(mean_general="mean", n_tasks="size")

@@ -22,11 +22,12 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+# Metric files name lm-eval tasks with this prefix, so they never clash with the built-in tasks.
+from editharm.aggregate import LMEVAL_PREFIX as TASK_PREFIX
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'editharm[lmeval]'"
-# Metric files name lm-eval tasks with this prefix, so they never clash with the built-in tasks.
-TASK_PREFIX = "lmeval:"
 # KnowEdit's general tasks under their lm-eval names (xsum is a unitxt task: it also needs `unitxt`).
 KNOWEDIT_TASKS = {
     "csqa": "commonsense_qa", "piqa": "piqa", "triviaqa": "triviaqa", "xsum": "xsum", "mmlu": "mmlu",
