@@ -1,20 +1,23 @@
 """Real dataset sources offline: Hub files and URLs served from local fixtures, pinned by the lock file;
 served formats (Hub parquet, gzipped JSON lines) converted to the layouts the task loaders read."""
+import copy
 import gzip
 import hashlib
 import io
 import json
-import shutil
 import types
 import zipfile
+from pathlib import Path
 
 import huggingface_hub
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import editharm.datasources as datasources
 from editharm.datasets import DATASETS, DEMO_DIR, dataset_files, describe_source, fetch_dataset, load_edit_records
+from editharm.config import ParamsError, validate_params
 from editharm.datasources import ChecksumError
 from editharm.lockfile import DatasetLock
 from editharm.releaseformat import ReleaseFormatError
@@ -327,3 +330,17 @@ def test_lock_keeps_every_entry_and_drops_a_stale_source(tmp_path):
     assert list(json.loads(lock.path.read_text())["datasets"]) == ["gsm8k", "rte"]
     assert lock.entry("rte", "hf:a@main#x")["commit"] == C1
     assert lock.entry("rte", "hf:a@v2#x") is None  # a changed source string is pinned afresh
+
+
+def test_params_accept_real_and_online_sources():
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    good = copy.deepcopy(cfg)
+    good["datasets"].update(gsm8k="real", rte=SOURCE, counterfact=f"url:{CF_URL}#sha256={'0' * 64}")
+    validate_params(good)
+    assert describe_source("gsm8k", "real") == {
+        "name": "gsm8k", "source": "hf:openai/gsm8k@main#main/test-*.parquet", "demo": False, "licence": "MIT",
+        "attribution": DATASETS.get("gsm8k").attribution}
+    bad = copy.deepcopy(cfg)
+    bad["datasets"]["gsm8k"] = "realest"
+    with pytest.raises(ParamsError, match=r"datasets.gsm8k"):
+        validate_params(bad)
