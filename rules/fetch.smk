@@ -1,6 +1,9 @@
 # Models, datasets and the statistics corpus, each from a pinned source string in params.yaml.
 localrules: fetch_model, fetch_dataset, fetch_corpus
 
+# Online dataset sources are pinned here on first use (commit and sha256s), reviewed in git.
+DATASET_LOCK = "datasets.lock.json"
+
 
 rule fetch_model:
     output:
@@ -25,6 +28,7 @@ rule fetch_dataset:
         directory("data/datasets/{dataset}"),
     params:
         source=lambda w: cfg["datasets"][w.dataset],
+        lock=DATASET_LOCK,
     log:
         "logs/fetch_dataset/{dataset}.log",
     resources:
@@ -32,7 +36,7 @@ rule fetch_dataset:
         runtime=30,
     shell:
         "editharm --log {log} fetch-dataset --name {wildcards.dataset} --source {params.source:q} "
-        "--out {output}"
+        "--lock {params.lock} --out {output}"
 
 
 rule fetch_corpus:

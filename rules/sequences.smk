@@ -8,10 +8,11 @@ rule make_sequence:
     output:
         "data/sequences/seq{seq}.parquet",
     params:
+        dataset=cfg["sequences"]["dataset"],
         n_edits=cfg["sequences"]["n_edits"],
         seed=lambda w: cfg["seed"] + int(w.seq),
     log:
         "logs/make_sequence/seq{seq}.log",
     shell:
-        "editharm --log {log} make-sequence --records {input.records} --n-edits {params.n_edits} "
+        "editharm --log {log} make-sequence --records {input.records} --dataset {params.dataset} --n-edits {params.n_edits} "
         "--seed {params.seed} --out {output}"

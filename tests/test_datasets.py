@@ -13,12 +13,14 @@ from editharm.datasets import (
     describe_source,
     fetch_dataset,
     load_edit_records,
-    locality_prompt,
 )
+from editharm.editsets import locality_prompt
 from editharm.records import EditRecord
 from editharm.tasks import TASKS
 
 TASK_DATASETS = ["gsm8k", "rte", "nq", "boolq", "mutual", "samsum", "conll2003", "sst2"]
+EDIT_DATASETS = ["counterfact", "knowedit_zsre", "knowedit_recent", "knowedit_counterfact", "knowedit_wikibio",
+                 "knowedit_convsent", "knowedit_sanitation"]
 
 
 def zsre(**overrides):
@@ -35,8 +37,8 @@ def zsre(**overrides):
 
 
 def test_dataset_and_source_registries():
-    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", "zsre_train", *TASK_DATASETS}
-    assert set(DATASET_SOURCES.names()) == {"embedded", "local"}
+    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", "zsre_train", *TASK_DATASETS, *EDIT_DATASETS}
+    assert set(DATASET_SOURCES.names()) == {"embedded", "local", "hf", "url"}
 
 
 def test_describe_source_without_fetching(tmp_path):
@@ -52,7 +54,7 @@ def test_describe_source_without_fetching(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", DATASETS.names())
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if DATASETS.get(n).demo])
 def test_fetch_embedded_demo_writes_files_and_manifest(tmp_path, name):
     dest = tmp_path / "data" / name
     manifest = fetch_dataset(name, "embedded:demo", dest)
@@ -122,8 +124,11 @@ def test_fetch_local_file_and_nested_layout(tmp_path):
 @pytest.mark.parametrize(
     "name, source, error, message",
     [
-        ("rte", "demo", ValueError, r"dataset source 'demo' for 'rte' must be 'kind:argument'; kinds: embedded, local"),
-        ("rte", "ftp:host/rte", KeyError, r"unknown dataset source kind 'ftp'; allowed: embedded, local"),
+        ("rte", "demo", ValueError,
+         r"dataset source 'demo' for 'rte' must be 'kind:argument' or 'real'; kinds: embedded, hf, local, url"),
+        ("rte", "ftp:host/rte", KeyError, r"unknown dataset source kind 'ftp'; allowed: embedded, hf, local, url"),
+        ("counterfact", "embedded:demo", ValueError, r"dataset 'counterfact' has no embedded demo; datasets with one: "),
+        ("zsre_train", "real", ValueError, r"dataset 'zsre_train' has no registered real source; give one: local:"),
         ("rte", "embedded:full", ValueError, r"embedded dataset source 'full' is unknown; allowed: demo"),
         ("rte", "local:/no/such/folder", FileNotFoundError, r"/no/such/folder does not exist"),
         ("imdb", "embedded:demo", KeyError, r"unknown dataset 'imdb'; allowed: boolq, conll2003"),
@@ -190,7 +195,7 @@ def test_edit_record_missing_fields_and_wrong_shapes(tmp_path):
     with pytest.raises(ValueError, match=r"zsre.json: expected a JSON list of ZsRE records, got dict"):
         load_edit_records(path)
     (tmp_path / "second.json").write_text("[]")
-    with pytest.raises(ValueError, match=r"expected one ZsRE JSON file, found \['second.json', 'zsre.json'\]"):
+    with pytest.raises(ValueError, match=r"expected one ZsRE \(editing\) JSON file, found \['second.json', 'zsre.json'\]"):
         load_edit_records(tmp_path)
 
 

@@ -15,8 +15,10 @@ CONTEXT = {
     "model_source": "local config, revision 0123abc",
     "edit_dataset": "ZsRE demo (30 records)",
     "datasets": [
-        {"name": "sst2", "source": "src/editharm/demo/sst2", "licence": "CC0", "demo": True},
-        {"name": "gsm8k", "source": "src/editharm/demo/gsm8k", "licence": "MIT", "demo": True},
+        {"name": "sst2", "source": "src/editharm/demo/sst2", "licence": "CC0", "attribution": "Socher et al. 2013",
+         "demo": True},
+        {"name": "gsm8k", "source": "src/editharm/demo/gsm8k", "licence": "MIT", "attribution": "Cobbe et al. 2021",
+         "demo": True},
     ],
     "settings": {"steps": [0, 2], "rect": {"k": 0.2}},
     "note": "unit test <b>escaped</b>",
@@ -100,6 +102,7 @@ def test_header_names_model_data_and_escapes(page):
     assert "TinyOrg/tiny-llama" in page and "revision 0123abc" in page
     assert "up to 2 (evaluated after 0, 2 edits)" in page
     assert "Demo data:" in page and page.count("<td>demo data</td>") == 2
+    assert "<td>MIT</td><td>Cobbe et al. 2021</td><td>demo data</td>" in page  # licence and attribution shown
     assert "unit test &lt;b&gt;escaped&lt;/b&gt;" in page
     assert "0.4375" in page.split("<h2>Numbers</h2>")[1]  # the number table follows the charts
 
@@ -128,7 +131,7 @@ def test_bad_context_names_the_key(table, tmp_path):
     with pytest.raises(ValueError, match="'edit_dataset'"):
         build_report(table, tmp_path / "r.html", context={k: v for k, v in CONTEXT.items() if k != "edit_dataset"})
     bad = {**CONTEXT, "datasets": [{"name": "x", "source": "y", "licence": "z"}]}
-    with pytest.raises(ValueError, match=r"datasets\[0\]\.demo"):
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.attribution"):
         build_report(table, tmp_path / "r.html", context=bad)
     assert not (tmp_path / "r.html").exists()
 

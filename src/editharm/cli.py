@@ -106,7 +106,7 @@ def cmd_fetch_model(args) -> None:
 def cmd_fetch_dataset(args) -> None:
     from editharm.datasets import fetch_dataset
 
-    manifest = fetch_dataset(args.name, args.source, args.out)
+    manifest = fetch_dataset(args.name, args.source, args.out, lock=args.lock)
     log.info("dataset %s ready at %s (%d files)", args.name, args.out, len(manifest.get("files", [])))
 
 
@@ -121,7 +121,7 @@ def cmd_make_sequence(args) -> None:
     from editharm.datasets import load_edit_records
     from editharm.sequences import sample_sequence, write_sequence
 
-    records = load_edit_records(args.records)
+    records = load_edit_records(args.records, args.dataset)
     seq = sample_sequence(records, n_edits=args.n_edits, seed=args.seed)
     write_sequence(seq, args.out, {"seed": args.seed, "n_edits": args.n_edits})
     log.info("sequence of %d edits written to %s: %s", len(seq.records), args.out,
@@ -435,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("fetch-dataset", cmd_fetch_dataset, "write a dataset's files (original layout) and manifest")
     sp.add_argument("--name", required=True)
-    sp.add_argument("--source", required=True)
+    sp.add_argument("--source", required=True,
+                    help="embedded:demo | local:<path> | hf:<repo>@<rev>#<files> | url:<https URL>[#sha256=..] | real")
+    sp.add_argument("--lock", type=Path, default=Path("datasets.lock.json"),
+                    help="lock file pinning online sources (written on first use, checked after)")
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add("fetch-corpus", cmd_fetch_corpus, "write a text corpus (jsonl) for second-moment statistics")
@@ -446,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("make-sequence", cmd_make_sequence, "sample a seeded edit sequence (parquet)")
     sp.add_argument("--records", type=Path, required=True, help="edit dataset folder")
+    sp.add_argument("--dataset", default=None, help="the editing dataset's name (default: the folder manifest's)")
     sp.add_argument("--n-edits", type=int, required=True)
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--out", type=Path, required=True)

@@ -92,6 +92,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
 
 def _check_names(cfg: dict, source: str) -> None:
     from editharm.datasets import DATASET_NAMES
+    from editharm.editsets import edit_set
     from editharm.methods import METHODS
     from editharm.regularizers import REGULARIZERS
     from editharm.tasks import TASKS
@@ -107,6 +108,10 @@ def _check_names(cfg: dict, source: str) -> None:
             f"{source}: key 'sequences.dataset' is {seq_ds!r}, which has no source under 'datasets'; "
             f"allowed: {', '.join(cfg['datasets'])}"
         )
+    try:
+        edit_set(seq_ds)
+    except (KeyError, ValueError) as exc:
+        raise ParamsError(f"{source}: key 'sequences.dataset': {exc}") from None
     if max(cfg["steps"]) > cfg["sequences"]["n_edits"]:
         raise ParamsError(
             f"{source}: key 'steps' asks for step {max(cfg['steps'])} but 'sequences.n_edits' is "

@@ -28,7 +28,7 @@ CONTEXT_KEYS: dict[str, type] = {
 }
 # title replaces the default heading; model_name picks the table's model when it holds several
 OPTIONAL_CONTEXT_KEYS: dict[str, type] = {"note": str, "title": str, "model_name": str}
-DATASET_KEYS: dict[str, type] = {"name": str, "source": str, "licence": str, "demo": bool}
+DATASET_KEYS: dict[str, type] = {"name": str, "source": str, "licence": str, "attribution": str, "demo": bool}
 CHART_DIV = "charts"
 WEIGHT_DIV = "weights"
 # A plotted point. Averaging over everything else pools the sequences, and in instance_single the
@@ -315,11 +315,11 @@ def _header(table: pd.DataFrame, context: dict[str, Any], demo: bool) -> str:
     if context.get("note"):
         facts.append(("Note", context["note"]))
     parts.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in facts) + "</table>")
-    parts.append("<h2>Datasets</h2><table><tr><th>dataset</th><th>source</th><th>licence</th><th>data</th></tr>")
+    parts.append("<h2>Datasets</h2><table><tr><th>dataset</th><th>source</th><th>licence</th><th>attribution</th><th>data</th></tr>")
     for ds in context["datasets"]:
         label = "demo data" if ds["demo"] else "real data"
         parts.append(f"<tr><td>{e(ds['name'])}</td><td>{e(ds['source'])}</td>"
-                     f"<td>{e(ds['licence'])}</td><td>{label}</td></tr>")
+                     f"<td>{e(ds['licence'])}</td><td>{e(ds['attribution'])}</td><td>{label}</td></tr>")
     parts.append("</table><h2>Parameters</h2><table>")
     for key in sorted(context["settings"]):
         value = json.dumps(context["settings"][key], sort_keys=True)
