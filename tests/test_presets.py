@@ -53,11 +53,12 @@ def test_knowedit_preset_dry_runs_single_edits_of_each_method(tmp_path):
         "make_sequence": 1, "train_editor": 1,
         "apply_edits_instance_single": 5, "weight_stats": 5, "evaluate_base": TASKS,
         "evaluate_instance_single": 5 * TASKS, "evaluate_edits_instance_single": 5,
+        "evaluate_lmeval_base": 1, "evaluate_lmeval": 5,  # KnowEdit's own tasks through lm-eval
         "aggregate_metrics": 1, "build_report": 1, "all": 1,
     }
     assert job_counts(proc.stdout + proc.stderr) == {**counts, "total": sum(counts.values())}
     # another KnowEdit dataset is one override away
     other = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", preset,
-                      "--config", "sequences={dataset: knowedit_zsre, n_edits: 100, count: 1}")
+                      "--config", "sequences={dataset: knowedit_zsre}")
     out = other.stdout + other.stderr
     assert "data/datasets/knowedit_zsre" in out and "data/datasets/knowedit_recent" not in out
