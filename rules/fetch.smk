@@ -1,8 +1,9 @@
 # Models, datasets and the statistics corpus, each from a pinned source string in params.yaml.
 localrules: fetch_model, fetch_dataset, fetch_corpus
 
-# Online dataset sources are pinned here on first use (commit and sha256s), reviewed in git.
+# Online sources are pinned in these files on first use (commit and sha256s), reviewed in git.
 DATASET_LOCK = "datasets.lock.json"
+MODEL_LOCK = "models.lock.json"
 
 
 rule fetch_model:
@@ -12,6 +13,7 @@ rule fetch_model:
         source=lambda w: cfg["models"][w.model]["source"],
         sha256=lambda w: sha256_flag(cfg["models"][w.model].get("sha256")),
         trust=("--trust-remote-code" if cfg["trust_remote_code"] else ""),
+        lock=MODEL_LOCK,
     log:
         "logs/fetch_model/{model}.log",
     benchmark:
@@ -20,7 +22,8 @@ rule fetch_model:
         mem_mb=4000,
         runtime=60,
     shell:
-        "editharm --log {log} fetch-model --source {params.source:q} --out {output} {params.sha256} {params.trust}"
+        "editharm --log {log} fetch-model --name {wildcards.model} --source {params.source:q} --lock {params.lock} "
+        "--out {output} {params.sha256} {params.trust}"
 
 
 rule fetch_dataset:

@@ -19,7 +19,7 @@ import editharm.datasources as datasources
 from editharm.datasets import DATASETS, DEMO_DIR, dataset_files, describe_source, fetch_dataset, load_edit_records
 from editharm.config import ParamsError, validate_params
 from editharm.datasources import ChecksumError
-from editharm.lockfile import DatasetLock
+from editharm.lockfile import SourceLock
 from editharm.releaseformat import ReleaseFormatError
 from editharm.tasks import LOADERS
 
@@ -324,7 +324,7 @@ def test_real_mutual_source_unpacks_the_dev_folder_of_the_release_zip(tmp_path, 
 
 
 def test_lock_keeps_every_entry_and_drops_a_stale_source(tmp_path):
-    lock = DatasetLock(tmp_path / "datasets.lock.json")
+    lock = SourceLock(tmp_path / "datasets.lock.json")
     lock.record("rte", {"source": "hf:a@main#x", "commit": C1, "files": {}})
     lock.record("gsm8k", {"source": "url:https://e/x", "sha256": "0" * 64})
     assert list(json.loads(lock.path.read_text())["datasets"]) == ["gsm8k", "rte"]

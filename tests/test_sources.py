@@ -168,3 +168,62 @@ def test_hub_corpus_streams_the_pinned_parquet_file(tmp_path, monkeypatch):
     with pytest.raises(sources.SourceError, match="drop the sha256"):
         sources.fetch_corpus(source, tmp_path / "d.jsonl", n=1, sha256="0" * 64)
     assert not (tmp_path / "d.jsonl").exists()
+
+
+@pytest.fixture
+def fake_hub(model_dir, monkeypatch):
+    """A Hub serving `model_dir` as org/tiny: `main` points to the commit in `state`, each commit
+    has its own snapshot folder (a copy of the model that a test may tamper with)."""
+    import shutil
+
+    import huggingface_hub
+
+    state = {"main": REV, "downloads": []}
+    snapshots = {}
+
+    def snapshot(commit):
+        if commit not in snapshots:
+            snapshots[commit] = model_dir.parent / f"snapshot-{commit[:6]}"
+            shutil.copytree(model_dir, snapshots[commit])
+        return snapshots[commit]
+
+    class Info:
+        def __init__(self, sha):
+            self.sha = sha
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
+                        lambda self, repo_id, revision=None: Info(state[revision]))
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        assert repo_id == "org/tiny" and len(revision) == 40  # always a commit, never a branch
+        state["downloads"].append(revision)
+        return str(snapshot(revision))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    state["snapshot"] = snapshot
+    return state
+
+
+def test_hub_model_is_pinned_in_the_lock_on_first_fetch_and_checked_after(fake_hub, tmp_path):
+    lock = tmp_path / "models.lock.json"
+    prov = fetch_model("hf:org/tiny@main", tmp_path / "models" / "tiny", lock=lock, name="tiny")
+    assert prov["revision"] == REV and prov["requested"] == "main"
+    entry = json.loads(lock.read_text())["models"]["tiny"]
+    assert entry["source"] == "hf:org/tiny@main" and entry["commit"] == REV
+    assert entry["files"] == json.loads((tmp_path / "models/tiny" / MANIFEST).read_text())["files"]
+    assert "model.safetensors" in entry["files"]
+
+    # main moves on: the locked commit is still what is fetched, and the lock is not rewritten
+    fake_hub["main"] = "f" * 40
+    before = lock.read_text()
+    fetch_model("hf:org/tiny@main", tmp_path / "models" / "again", lock=lock, name="tiny")
+    assert fake_hub["downloads"] == [REV, REV] and lock.read_text() == before
+
+    # the locked commit's weights change: the fetch fails naming file and hashes, and writes nothing
+    weights = fake_hub["snapshot"](REV) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(SourceError, match=r"model 'tiny': sha256 mismatch for model.safetensors: expected "
+                                          + entry["files"]["model.safetensors"]):
+        fetch_model("hf:org/tiny@main", tmp_path / "models" / "third", lock=lock, name="tiny")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["again", "tiny"]
+    assert lock.read_text() == before

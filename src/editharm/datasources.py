@@ -45,13 +45,15 @@ def _mismatch(name: str, file: str, expected: str, actual: str) -> ChecksumError
 # --- Hugging Face Hub -------------------------------------------------------------------------
 
 
-def resolve_commit(repo_id: str, revision: str) -> str:
-    """The commit a branch or tag of a Hub dataset repo points to now (a commit stays as it is)."""
+def resolve_commit(repo_id: str, revision: str, repo_type: str = "dataset") -> str:
+    """The commit a branch or tag of a Hub repo ("dataset" or "model") points to now (a commit stays as it is)."""
     if _COMMIT.fullmatch(revision):
         return revision
     import huggingface_hub
 
-    commit = huggingface_hub.HfApi().dataset_info(repo_id, revision=revision).sha
+    api = huggingface_hub.HfApi()
+    info = api.dataset_info if repo_type == "dataset" else api.model_info
+    commit = info(repo_id, revision=revision).sha
     log.info("resolved %s@%s to commit %s", repo_id, revision, commit)
     return commit
 

@@ -1,8 +1,10 @@
-"""The dataset lock file: what each online dataset source resolved to on first use.
+"""Lock files: what each online source resolved to on first use (datasets.lock.json, models.lock.json).
 
     {"version": 1, "datasets": {"<name>": {"source": "<source string>", "commit": "<hub commit>",
                                            "files": {"<path in repo>": "<sha256>"}}          # hf:
                                 "<name>": {"source": "<source string>", "sha256": "<hex>"}}}  # url:
+    {"version": 1, "models": {"<name>": {"source": "hf:<repo>@<revision>", "commit": "<hub commit>",
+                                         "files": {"<file>": "<sha256>"}}}}
 
 An entry holds only while its source string is unchanged; a later fetch uses the locked commit and
 checks every file against the locked sha256. The file lives in the repository and is reviewed in
@@ -36,26 +38,30 @@ def _exclusive(folder: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-class DatasetLock:
-    def __init__(self, path: Path):
+class SourceLock:
+    """One section ("datasets" or "models") of a lock file: name -> what its source resolved to."""
+
+    def __init__(self, path: Path, section: str = "datasets"):
         self.path = Path(path)
+        self.section = section
+        self.kind = section.rstrip("s")  # for messages: "dataset", "model"
 
     def _read(self) -> dict:
         if not self.path.exists():
-            return {"version": VERSION, "datasets": {}}
-        data = read_json(self.path, dict, "a dataset lock object")
-        if data.get("version") != VERSION or not isinstance(data.get("datasets"), dict):
-            raise ValueError(f"{self.path}: expected {{'version': {VERSION}, 'datasets': {{...}}}}")
+            return {"version": VERSION, self.section: {}}
+        data = read_json(self.path, dict, "a lock object")
+        if data.get("version") != VERSION or not isinstance(data.setdefault(self.section, {}), dict):
+            raise ValueError(f"{self.path}: expected {{'version': {VERSION}, '{self.section}': {{...}}}}")
         return data
 
     def entry(self, name: str, source: str) -> Optional[dict]:
         """The locked entry of `name` if it was recorded for this same `source`, else None."""
-        entry = self._read()["datasets"].get(name)
+        entry = self._read()[self.section].get(name)
         if entry is None:
             return None
         if entry.get("source") != source:
-            log.warning("%s: dataset %s was locked for source %r; %r is new and will be locked on this fetch",
-                        self.path, name, entry.get("source"), source)
+            log.warning("%s: %s %s was locked for source %r; %r is new and will be locked on this fetch",
+                        self.path, self.kind, name, entry.get("source"), source)
             return None
         return entry
 
@@ -63,8 +69,9 @@ class DatasetLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.path.parent):
             data = self._read()
-            data["datasets"][name] = entry
-            data["datasets"] = dict(sorted(data["datasets"].items()))
+            data[self.section][name] = entry
+            data[self.section] = dict(sorted(data[self.section].items()))
             text = json.dumps(data, indent=2) + "\n"
             atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        log.info("locked dataset %s in %s: %s", name, self.path, json.dumps(entry, sort_keys=True))
+        log.info("locked %s %s in %s: %s", self.kind, name, self.path, json.dumps(entry, sort_keys=True))
+

