@@ -4,6 +4,7 @@ localrules: fetch_model, fetch_dataset, fetch_corpus
 # Online sources are pinned in these files on first use (commit and sha256s), reviewed in git.
 DATASET_LOCK = "datasets.lock.json"
 MODEL_LOCK = "models.lock.json"
+CORPUS_LOCK = "corpora.lock.json"
 
 
 rule fetch_model:
@@ -49,10 +50,12 @@ rule fetch_corpus:
         source=cfg["stats"].get("corpus", ""),
         sha256=sha256_flag(cfg["stats"].get("sha256")),
         n=cfg["stats"]["n"],
+        lock=CORPUS_LOCK,
     log:
         f"logs/fetch_corpus/{CORPUS}.log",
     resources:
         mem_mb=2000,
         runtime=30,
     shell:
-        "editharm --log {log} fetch-corpus --source {params.source:q} --n {params.n} --out {output} {params.sha256}"
+        "editharm --log {log} fetch-corpus --source {params.source:q} --n {params.n} --lock {params.lock} "
+        "--out {output} {params.sha256}"

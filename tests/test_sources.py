@@ -149,22 +149,33 @@ def test_hub_corpus_streams_the_pinned_parquet_file(tmp_path, monkeypatch):
 
     src = _parquet(tmp_path / "shard.parquet", ["y" * 300 + str(i) for i in range(10)])
     opened = []
+    heads = {"main": "b" * 40}
 
     class FakeFs:
         def open(self, path, mode):
             opened.append(path)
             return open(src, mode)
 
+    class Info:
+        def __init__(self, sha):
+            self.sha = sha
+
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeFs)
-    source = "hf:wikimedia/wikipedia@b04c8d1#20231101.en/train-00000-of-00041.parquet"
-    prov = sources.fetch_corpus(source, tmp_path / "c.jsonl", n=4)
-    assert opened == ["datasets/wikimedia/wikipedia@b04c8d1/20231101.en/train-00000-of-00041.parquet"]
-    assert prov["revision"] == "b04c8d1" and prov["n"] == 4
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, repo, revision=None: Info(heads[revision]))
+    source = "hf:wikimedia/wikipedia@main#20231101.en/train-00000-of-00041.parquet"
+    lock = tmp_path / "corpora.lock.json"
+    prov = sources.fetch_corpus(source, tmp_path / "c.jsonl", n=4, lock=lock)
+    assert opened == [f"datasets/wikimedia/wikipedia@{'b' * 40}/20231101.en/train-00000-of-00041.parquet"]
+    assert prov["revision"] == "b" * 40 and prov["n"] == 4
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 4
+    assert json.loads(lock.read_text())["corpora"][source] == {"source": source, "commit": "b" * 40}
+    heads["main"] = "c" * 40  # the branch moves on; the lock keeps the first commit
+    sources.fetch_corpus(source, tmp_path / "c2.jsonl", n=4, lock=lock)
+    assert opened[-1].startswith(f"datasets/wikimedia/wikipedia@{'b' * 40}/")
     with pytest.raises(sources.SourceError, match="parquet file"):
-        sources.fetch_corpus("hf:wikimedia/wikipedia@b04c8d1#README.md", tmp_path / "d.jsonl", n=1)
+        sources.fetch_corpus("hf:wikimedia/wikipedia@main#README.md", tmp_path / "d.jsonl", n=1)
     with pytest.raises(sources.SourceError, match="drop the sha256"):
         sources.fetch_corpus(source, tmp_path / "d.jsonl", n=1, sha256="0" * 64)
     assert not (tmp_path / "d.jsonl").exists()

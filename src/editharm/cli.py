@@ -114,7 +114,7 @@ def cmd_fetch_dataset(args) -> None:
 def cmd_fetch_corpus(args) -> None:
     from editharm.sources import fetch_corpus
 
-    prov = fetch_corpus(args.source, args.out, n=args.n, sha256=args.sha256)
+    prov = fetch_corpus(args.source, args.out, n=args.n, sha256=args.sha256, lock=args.lock)
     log.info("corpus ready at %s: %d texts", args.out, prov["n"])
 
 
@@ -448,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("fetch-corpus", cmd_fetch_corpus, "write a text corpus (jsonl) for second-moment statistics")
     sp.add_argument("--source", required=True)
     sp.add_argument("--sha256", default=None)
+    sp.add_argument("--lock", type=Path, default=Path("corpora.lock.json"),
+                    help="lock file pinning a Hub corpus to the commit its revision had on first use")
     sp.add_argument("--n", type=int, required=True)
     sp.add_argument("--out", type=Path, required=True)
 

@@ -250,7 +250,23 @@ def _convert_gguf(path: Path, out: Path, trust_remote_code: bool) -> None:
 # ---------------------------------------------------------------- corpora
 
 
-def stream_hub_parquet(source: Source):
+def _corpus_commit(source: Source, lock: Optional[Path]) -> str:
+    """The commit a Hub corpus is read at: the locked one, else the revision's commit now (then locked).
+    A streamed file has no whole-file hash to check: the commit is what pins its bytes."""
+    from editharm.datasources import resolve_commit
+    from editharm.lockfile import SourceLock
+
+    locked = SourceLock(lock, "corpora") if lock is not None else None
+    pinned = locked.entry(source.text, source.text) if locked else None
+    if pinned:
+        return pinned["commit"]
+    commit = resolve_commit(source.target, source.revision, "dataset")
+    if locked:
+        locked.record(source.text, {"source": source.text, "commit": commit})
+    return commit
+
+
+def stream_hub_parquet(source: Source, commit: Optional[str] = None):
     """Open a parquet file of a Hub dataset repo for streaming: only the row groups read are fetched.
 
     This is how a corpus like hf:wikimedia/wikipedia@<rev>#20231101.en/train-00000-of-00041.parquet
@@ -263,16 +279,17 @@ def stream_hub_parquet(source: Source):
     if not source.member or not source.member.endswith(".parquet"):
         raise SourceError(f"corpus source {source.text!r}: a Hub corpus names a parquet file of a dataset repo: "
                           "hf:<repo_id>@<revision>#<path/to/file.parquet>")
-    return HfFileSystem().open(f"datasets/{source.target}@{source.revision}/{source.member}", "rb")
+    return HfFileSystem().open(f"datasets/{source.target}@{commit or source.revision}/{source.member}", "rb")
 
 
 def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] = None,
-                 min_chars: int = 200) -> dict:
+                 min_chars: int = 200, lock: Optional[Path] = None) -> dict:
     """Write `dest` (jsonl of {"text"}) with the first `n` usable texts of a corpus source.
 
     A MediaWiki XML dump (optionally .bz2) is split into articles and stripped of markup; a .txt
     file gives one text per non-empty paragraph; a .jsonl file or a parquet file (its "text"
-    column, e.g. wikimedia/wikipedia or wikitext-103 on the Hub, streamed) gives its texts.
+    column, e.g. wikimedia/wikipedia or wikitext-103 on the Hub, streamed) gives its texts. A Hub
+    branch or tag is resolved to its commit once and pinned in `lock` (section "corpora").
     """
     from editharm.wikitext import iter_parquet_texts, iter_texts
 
@@ -284,8 +301,9 @@ def fetch_corpus(source_text: str, dest: Path, *, n: int, sha256: Optional[str] 
             if sha256:
                 raise SourceError(f"corpus source {source_text!r}: a streamed Hub file is pinned by its revision; "
                                   "drop the sha256")
-            stream = stream_hub_parquet(source)
-            prov, texts_in = {"repo": source.target, "revision": source.revision, "file": source.member}, \
+            commit = _corpus_commit(source, lock)
+            stream = stream_hub_parquet(source, commit)
+            prov, texts_in = {"repo": source.target, "revision": commit, "file": source.member}, \
                 iter_parquet_texts(stream, source.member)
         else:
             path, prov = fetch_file(source, Path(work), sha256)
