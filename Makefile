@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements/constraints.txt
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint clean-results
+.PHONY: setup run test lint pull clean-results
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,14 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/loc
 # `dvc repro` runs `snakemake --cores all` (dvc.yaml) and records the results in DVC's cache.
 run: setup
 	dvc repro
+
+# After cloning (or `git pull`): fetch the results dvc.lock records from the DVC remote, then mark them up to
+# date for Snakemake in DAG order. DVC restores contents, not modification times; `--touch --forceall` also
+# records each job's params and code as a run would, so later params changes rerun exactly what they affect.
+# Uses dvc and snakemake from .venv when `make setup` made one, else from PATH.
+pull:
+	dvc pull
+	snakemake --cores all --touch --forceall --quiet
 
 # The tests also exercise the optional lm-evaluation-harness bridge, so they install that extra.
 $(VENV)/.installed-lmeval: $(VENV)/.installed requirements/lmeval.txt
