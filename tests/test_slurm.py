@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from cluster.local_slurm import LocalSlurm, unavailable_reason
-from test_workflow import ROOT, job_counts, snakemake, tiny_params
+from test_dvc import small_params
+from test_workflow import ROOT, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 UNAVAILABLE = unavailable_reason()
@@ -39,10 +40,9 @@ def runs(tmp_path_factory):
     if UNAVAILABLE:
         pytest.skip(UNAVAILABLE)
     base = tmp_path_factory.mktemp("slurm")
-    params = tiny_params(base)
+    params = small_params(base)
     # device auto: the rules ask SLURM for a GPU; without CUDA the jobs then run on the CPU.
     params.update(device="auto", regularizers={"none": {}})
-    params["evaluation"]["tasks"] = {"sst2": {}}
     (base / "tiny.yaml").write_text(yaml.safe_dump(params))
     config = ("--configfile", str(base / "tiny.yaml"))
     (base / "local").mkdir()
