@@ -13,7 +13,7 @@ from cluster.local_slurm import LocalSlurm, unavailable_reason
 from test_dvc import small_params
 from test_workflow import ROOT, job_counts, snakemake
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 UNAVAILABLE = unavailable_reason()
 OVERLAY = Path(__file__).resolve().parent / "cluster/profile"
 LOCAL_RULES = {"fetch_model", "fetch_dataset", "fetch_corpus", "make_sequence", "aggregate_metrics",

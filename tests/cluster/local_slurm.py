@@ -90,6 +90,9 @@ class LocalSlurm:
         self.timeout = timeout
         self.host = socket.gethostname().split(".")[0]
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[int, str] = {}  # pid -> name of every daemon this cluster started
+        self.ports = {name: free_port() for name in ("db_port", "dbd_port", "ctld_port", "slurmd_port")}
+        self.db_password = secrets.token_hex(12)
         self.env = {**os.environ, "SLURM_CONF": str(self.state / "slurm.conf"),
                     "PATH": f"{os.environ.get('PATH', '')}:{SEARCH_PATH}"}
         self.up_seconds = self.down_seconds = 0.0
@@ -100,16 +103,19 @@ class LocalSlurm:
             for folder in ("slurmctld", "slurmd"):
                 (self.state / folder).mkdir(parents=True)
             self._start_munge()
-            db_port = self._start_mariadb()
-            self._write_configs(db_port)
+            self._start_mariadb()
+            self._write_configs()
             self._start_daemon("slurmdbd", "slurmdbd", "-D")
-            self._wait("slurmdbd to answer", lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0)
+            self._wait("slurmdbd to answer",
+                       lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0)
             self.run("sacctmgr", "-i", "add", "cluster", self.cluster)
             self.run("sacctmgr", "-i", "add", "account", self.account, f"cluster={self.cluster}")
             self.run("sacctmgr", "-i", "add", "user", "root", f"account={self.account}", f"cluster={self.cluster}")
             self._start_daemon("slurmctld", "slurmctld", "-D")
-            self._start_daemon("slurmd", "slurmd", "-D", f"--conf-server=127.0.0.1:{self.ctld_port}", configless=True)
-            self._wait("the node to be idle", lambda: self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle")
+            self._start_daemon("slurmd", "slurmd", "-D", f"--conf-server=127.0.0.1:{self.ports['ctld_port']}",
+                               configless=True)
+            self._wait("the node to be idle",
+                       lambda: self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip() == "idle")
         except BaseException:
             self.__exit__()
             raise
@@ -143,9 +149,8 @@ class LocalSlurm:
 
     def leftover_processes(self) -> dict[int, str]:
         """Daemons this cluster started, and job step daemons, that are still alive."""
-        ours = {proc.pid for proc in self.procs.values()}
         return {pid: name for pid, name in processes_named(DAEMON_NAMES).items()
-                if pid in ours or name == "slurmstepd"}
+                if self.started.get(pid) == name or name == "slurmstepd"}
 
     def logs(self, lines: int = 15) -> str:
         tails = []
@@ -163,11 +168,12 @@ class LocalSlurm:
         MUNGE_RUN.mkdir(mode=0o755, exist_ok=True)
         shutil.chown(MUNGE_RUN, "munge", "munge")
         # munged refuses to run as root; as its own user it reads /etc/munge/munge.key from the package.
-        self._start_daemon("munged", "munged", "--foreground", user="munge")
+        # --force: a socket left by a munged that died is no reason to refuse.
+        self._start_daemon("munged", "munged", "--foreground", "--force", user="munge")
         self._wait("munged", lambda: self.run("munge", "-n", check=False).returncode == 0)
 
-    def _start_mariadb(self) -> int:
-        data, sock, port = self.state / "mysql", self.state / "mysql.sock", free_port()
+    def _start_mariadb(self) -> None:
+        data, sock, port = self.state / "mysql", self.state / "mysql.sock", self.ports["db_port"]
         self.run("mariadb-install-db", "--no-defaults", "--user=root", f"--datadir={data}",
                  "--auth-root-authentication-method=socket", "--skip-test-db")
         self._start_daemon("mariadbd", "mariadbd", "--no-defaults", "--user=root", f"--datadir={data}",
@@ -175,18 +181,13 @@ class LocalSlurm:
                            f"--pid-file={self.state / 'mariadbd.pid'}", f"--log-error={self.state / 'mariadbd.log'}")
         sql = ("mariadb", "--no-defaults", f"--socket={sock}", "-u", "root", "-e")
         self._wait("MariaDB", lambda: self.run(*sql, "SELECT 1", check=False).returncode == 0)
-        self.db_password = secrets.token_hex(12)
         self.run(*sql, f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{self.db_password}'; "
                        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';")
-        return port
 
-    def _write_configs(self, db_port: int) -> None:
-        self.ctld_port = free_port()
+    def _write_configs(self) -> None:
         values = {
             "cluster": self.cluster, "partition": self.partition, "host": self.host, "state": self.state,
-            "cpus": os.cpu_count(), "mem_mb": self.mem_mb, "db_port": db_port,
-            "db_password": self.db_password, "ctld_port": self.ctld_port, "slurmd_port": free_port(),
-            "dbd_port": free_port(),
+            "cpus": os.cpu_count(), "mem_mb": self.mem_mb, "db_password": self.db_password, **self.ports,
         }
         for name in ("slurm.conf", "gres.conf", "slurmdbd.conf"):
             path = self.state / name
@@ -203,6 +204,7 @@ class LocalSlurm:
             [shutil.which(cmd[0], path=SEARCH_PATH), *cmd[1:]], env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, user=user, group=user,
         )
+        self.started[self.procs[name].pid] = name
         out.close()
 
     def _stop(self, name: str, proc: subprocess.Popen) -> None:
