@@ -37,10 +37,6 @@ def sha256_flag(sha256):
     return f"--sha256 {sha256}" if sha256 else ""
 
 
-def config_dir(w):
-    return f"{w.model}/{w.method}/{w.reg}/{w.setting}/seq{w.seq}"
-
-
 def get_method(w):
     return as_json(ehc.method_hparams(cfg, w.model, w.method))
 
@@ -59,7 +55,7 @@ def get_editor(w):
 
 
 def get_config_deltas(w):
-    return [f"data/edits/{config_dir(w)}/step-{step}.safetensors" for step in SETTING_STEPS[w.setting]]
+    return step_deltas(w, w.setting, SETTING_STEPS[w.setting])
 
 
 def get_task_data(w):
