@@ -221,10 +221,14 @@ def _checkpoints(args) -> list[tuple[Path | None, Path, Path]]:
     for flag, paths in (("--out-predictions", args.out_predictions), ("--out-metrics", args.out_metrics)):
         if len(paths) != len(deltas):
             raise ValueError(f"{flag} names {len(paths)} file(s) for {len(deltas)} checkpoint(s); give one per --delta")
-    for path in args.delta:
+    _check_deltas(args.delta)
+    return list(zip(deltas, args.out_predictions, args.out_metrics))
+
+
+def _check_deltas(paths: list[Path]) -> None:
+    for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"--delta {path}: no such file")
-    return list(zip(deltas, args.out_predictions, args.out_metrics))
 
 
 def _checkpoint_labels(args, meta: dict) -> dict:
@@ -307,15 +311,12 @@ def cmd_lm_eval(args) -> None:
     from editharm import lmeval
     from editharm.aggregate import write_metrics
     from editharm.deltas import applied, load_delta
-    from editharm.fileio import atomic_write
     from editharm.modeling import load_model
 
     # Everything that can be refused is refused before the model loads.
     options = lmeval.LmEvalOptions(tasks=tuple(args.tasks), limit=args.limit, num_fewshot=args.num_fewshot,
                                    batch_size=args.batch_size, include_path=args.include_path, seed=args.seed)
-    for path in args.delta:
-        if not path.is_file():
-            raise FileNotFoundError(f"--delta {path}: no such file")
+    _check_deltas(args.delta)
     manager = lmeval.task_manager(options)
     tasks = lmeval.load_tasks(options, manager)
     device = _torch_setup(args)
@@ -332,8 +333,7 @@ def cmd_lm_eval(args) -> None:
         samples.append(items)
         log.info("lm-eval on %s: %s", path or "the base model",
                  ", ".join(f"{s.task} {s.primary}={s.metrics[s.primary]:.4f}" for s in scores))
-    table = pd.concat(samples, ignore_index=True)
-    atomic_write(args.out_samples, lambda tmp: table.to_parquet(tmp, index=False))
+    _write_predictions(pd.concat(samples, ignore_index=True), args.out_samples)
     write_metrics(args.out_metrics, records)
 
 
