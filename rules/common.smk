@@ -3,9 +3,11 @@ import json
 import re
 import shlex
 
-from editharm import config as ehc
+from editharm.config import derive as ehc
+from editharm.config.load import validate_params
+from editharm.evaluation.tasks import TASKS as TASK_REGISTRY
 
-cfg = ehc.validate_params(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+cfg = validate_params(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 
 MODELS = list(cfg["models"])
 METHODS = list(cfg["methods"])
@@ -26,7 +28,6 @@ wildcard_constraints:
     setting="|".join(map(re.escape, SETTINGS)),
     task="|".join(TASKS),
     seq=r"\d+",
-    step=r"\d+",
 
 
 def as_json(value):
@@ -59,9 +60,12 @@ def get_config_deltas(w):
 
 
 def get_task_data(w):
-    from editharm.tasks import TASKS as REGISTRY
+    return f"data/datasets/{TASK_REGISTRY.get(w.task).dataset}"
 
-    return f"data/datasets/{REGISTRY.get(w.task).dataset}"
+
+def get_seed(w):
+    """Sequence `seq` is sampled, and edited, with the run's seed plus its number."""
+    return cfg["seed"] + int(w.seq)
 
 
 def step_deltas(w, setting, steps):
@@ -75,19 +79,15 @@ def cache_flag():
 
 
 def labels(w, **extra):
-    """Who a metrics file belongs to; `demo` marks results on the embedded demo data."""
-    from editharm.tasks import TASKS as REGISTRY
-
-    dataset = REGISTRY.get(w.task).dataset if hasattr(w, "task") else cfg["sequences"]["dataset"]
+    """Who a metrics file belongs to; `demo` marks results on the embedded demo data. A checkpoint's
+    step and edits come from its dW file."""
+    dataset = TASK_REGISTRY.get(w.task).dataset if hasattr(w, "task") else cfg["sequences"]["dataset"]
     out = {"model": w.model, "demo": ehc.is_demo(cfg, dataset), **extra}
     for key in ("method", "reg", "setting"):
         if hasattr(w, key):
             out[key] = getattr(w, key)
-    for key in ("seq", "step"):
-        if hasattr(w, key):
-            out[key] = int(getattr(w, key))
-    if "step" in out and out.get("setting") in SETTING_STEPS:
-        out["edits"] = ehc.edits_at(cfg, out["setting"], out["step"])
+    if hasattr(w, "seq"):
+        out["seq"] = int(w.seq)
     return as_json(out)
 
 

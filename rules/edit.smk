@@ -50,8 +50,7 @@ for _setting in SETTINGS:
             reg=get_regularizer,
             setting=as_json(ehc.setting_spec(cfg, _setting)),
             steps=",".join(map(str, SETTING_STEPS[_setting])),
-            seed=lambda w: cfg["seed"] + int(w.seq),
-            out_dir=lambda w, setting=_setting: f"data/edits/{w.model}/{w.method}/{w.reg}/{setting}/seq{w.seq}",
+            seed=get_seed,
             editor=lambda w, input: f"--editor {input.editor}" if input.editor else "",
             device=cfg["device"],
             dtype=cfg["dtype"],
@@ -68,26 +67,4 @@ for _setting in SETTINGS:
             "editharm --log {log} apply-edits --model {input.model} --sequence {input.sequence} "
             "--method {params.method:q} --reg {params.reg:q} --setting {params.setting:q} --steps {params.steps} "
             "--stats {input.stats} {params.editor} --seed {params.seed} --device {params.device} "
-            "--dtype {params.dtype} --threads {threads} --out-dir {params.out_dir}"
-
-
-rule weight_stats:
-    input:
-        model="data/models/{model}",
-        deltas=get_config_deltas,
-    output:
-        stats="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/weights.parquet",
-        heatmap="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/heatmap.parquet",
-    params:
-        thresholds=" ".join(map(str, cfg["weights"]["thresholds"])),
-        bins=cfg["weights"]["heatmap_bins"],
-        labels=lambda w: labels(w),
-    log:
-        "logs/weight_stats/{model}/{method}/{reg}/{setting}/seq{seq}.log",
-    resources:
-        mem_mb=16000,
-        runtime=60,
-    shell:
-        "editharm --log {log} weight-stats --model {input.model} --deltas {input.deltas} "
-        "--thresholds {params.thresholds} --bins {params.bins} --labels {params.labels:q} --out-stats {output.stats} "
-        "--out-heatmap {output.heatmap}"
+            "--dtype {params.dtype} --threads {threads} --out {output}"

@@ -1,4 +1,5 @@
-# Every checkpoint (base + dW) on every general task, and on the editing metrics of its edits so far.
+# Every checkpoint (base + dW) on every general task, on the editing metrics of its edits so far, and
+# how far its edits moved the weights (weight_change).
 
 
 rule evaluate_base:
@@ -106,3 +107,26 @@ for _setting in SETTINGS:
             "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} "
             "--device {params.device} --dtype {params.dtype} --threads {threads} "
             "--out-predictions {output.predictions} --out-metrics {output.metrics}"
+
+
+# How far each checkpoint's edits moved the edited matrices (no GPU: it reads dW files and the base weights).
+rule weight_change:
+    input:
+        model="data/models/{model}",
+        deltas=get_config_deltas,
+    output:
+        stats="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/weights.parquet",
+        heatmap="data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/heatmap.parquet",
+    params:
+        thresholds=" ".join(map(str, cfg["weights"]["thresholds"])),
+        bins=cfg["weights"]["heatmap_bins"],
+        labels=lambda w: labels(w),
+    log:
+        "logs/weight_change/{model}/{method}/{reg}/{setting}/seq{seq}.log",
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    shell:
+        "editharm --log {log} weight-change --model {input.model} --deltas {input.deltas} "
+        "--thresholds {params.thresholds} --bins {params.bins} --labels {params.labels:q} --out-stats {output.stats} "
+        "--out-heatmap {output.heatmap}"

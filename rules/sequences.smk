@@ -10,7 +10,7 @@ rule make_sequence:
     params:
         dataset=cfg["sequences"]["dataset"],
         n_edits=cfg["sequences"]["n_edits"],
-        seed=lambda w: cfg["seed"] + int(w.seq),
+        seed=get_seed,
     log:
         "logs/make_sequence/seq{seq}.log",
     shell:

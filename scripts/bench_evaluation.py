@@ -33,10 +33,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from editharm.datasets import DEMO_DIR
-from editharm.evaluation import evaluate_task
-from editharm.modeling import load_model
-from editharm.tasks import TASKS
+from editharm.data.catalog import DEMO_DIR
+from editharm.evaluation.general import evaluate_task
+from editharm.evaluation.tasks import TASKS
+from editharm.model.loading import load_model
 
 ALL_TASKS = "gsm8k,rte,nq,boolq,mutual,samsum,conll2003,sst2"
 

@@ -16,7 +16,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from editharm.generation import greedy_generate
+from editharm.model.generation import greedy_generate
 
 # Varied lengths on purpose: batches then mix long and short prompts and need real left padding.
 SNIPPETS = [

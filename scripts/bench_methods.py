@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from editharm.config import preset_path
-from editharm.datasets import DEMO_DIR, load_edit_records
-from editharm.editing import run_edits
-from editharm.evaluation import edit_metrics
-from editharm.methods import METHODS
-from editharm.modeling import load_model
-from editharm.regularizers import REGULARIZERS
-from editharm.settings import Setting
-from editharm.stats import collect_second_moment
+from editharm.config.derive import preset_path
+from editharm.data.catalog import DEMO_DIR
+from editharm.data.editsets import load_edit_records
+from editharm.editing.methods import METHODS
+from editharm.editing.regularizers import REGULARIZERS
+from editharm.editing.run import run_edits
+from editharm.editing.settings import Setting
+from editharm.evaluation.edits import edit_metrics
+from editharm.model.loading import load_model
+from editharm.model.stats import collect_second_moment
 
 
 def main() -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 # Wider than the default 0.02, so a random model's logits are far from uniform and an edit has a
 # clear argmax to flip.
@@ -90,7 +96,7 @@ REWRITE_MODULES = {"gpt2": "transformer.h.{}.mlp.c_proj", "llama": "model.layers
 @pytest.fixture
 def tiny_rome_hparams():
     """Factory: ROME hparams for a tiny fixture model (edit layer 1), with keyword overrides."""
-    from editharm.methods.rome import RomeHparams
+    from editharm.editing.methods.rome import RomeHparams
 
     def make(model, **overrides) -> RomeHparams:
         d = {

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from editharm.records import EditRecord
-from editharm.regularizers import RegContext
+from editharm.core.records import EditRecord
+from editharm.editing.regularizers import RegContext
 
 
 def reg_context(weight, *, name="w", seed=0, original=None, transposed=False, **kw) -> RegContext:

@@ -5,8 +5,8 @@ from editharm.cli import main
 def test_list_prints_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for expected in ("methods:", "rome", "regularizers:", "rect", "tasks:", "sst2", "model sources:", "pypi",
-                     "dataset sources:", "embedded"):
+    for expected in ("methods:", "rome", "regularizers:", "rect", "tasks:", "sst2", "source kinds:", "pypi",
+                     "embedded", "datasets:", "zsre"):
         assert expected in out
 
 
@@ -34,7 +34,7 @@ def test_materialize_writes_base_plus_delta_as_a_full_checkpoint(tiny_llama, tmp
     import torch
     from safetensors.torch import load_file
 
-    from editharm.deltas import delta_layout, save_delta
+    from editharm.model.deltas import delta_layout, save_delta
 
     model = _saved_tiny(tiny_llama, tmp_path / "base")
     name = "model.layers.1.mlp.down_proj.weight"
@@ -64,6 +64,6 @@ def test_editor_commands_refuse_what_cannot_work(tiny_llama, tmp_path, capsys):
     assert main(["apply-edits", "--model", str(tmp_path / "base"), "--sequence", str(tmp_path / "s.parquet"),
                  "--method", mend, "--reg", json.dumps({"kind": "none", "params": {}}),
                  "--setting", json.dumps({"kind": "instance_sequential"}), "--steps", "0,1",
-                 "--out-dir", str(tmp_path / "edits")]) == 1
+                 "--out", str(tmp_path / "edits" / "step-0.safetensors"), str(tmp_path / "edits" / "step-1.safetensors")]) == 1
     assert "needs a trained editor (--editor)" in capsys.readouterr().err
     assert not (tmp_path / "editor.safetensors").exists() and not (tmp_path / "edits").exists()

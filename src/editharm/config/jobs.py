@@ -1,0 +1,34 @@
+"""`editharm list` and `editharm validate`: what is registered, and whether a params file is valid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from editharm.config.load import load_params
+
+
+def list_names() -> None:
+    from editharm.data.catalog import DATASET_NAMES
+    from editharm.editing.methods import METHODS
+    from editharm.editing.regularizers import REGULARIZERS
+    from editharm.editing.settings import KINDS
+    from editharm.evaluation.tasks import TASKS
+    from editharm.sources.grammar import SOURCE_KINDS
+
+    sections = [
+        ("methods", METHODS.names()),
+        ("regularizers", REGULARIZERS.names()),
+        ("tasks", [f"{n:<24} {TASKS.get(n).title}" for n in TASKS.names()]),
+        ("settings", list(KINDS)),
+        ("source kinds", [f"{k:<9} {SOURCE_KINDS.get(k)}" for k in SOURCE_KINDS.names()]),
+        ("datasets", sorted(DATASET_NAMES)),
+    ]
+    for title, items in sections:
+        print(f"{title}:")
+        for item in items:
+            print(f"  {item}")
+
+
+def validate(params: Path) -> None:
+    cfg = load_params(params)
+    print(f"{params}: valid ({len(cfg['models'])} model(s), {len(cfg['methods'])} method(s), "
+          f"{len(cfg['regularizers'])} regularizer(s), {len(cfg['evaluation']['tasks'])} task(s))")

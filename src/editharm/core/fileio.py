@@ -1,0 +1,102 @@
+"""File I/O every phase shares: writing artifacts so that nothing half-written is ever left under a
+final name, reading JSON with errors that name the file, checksums, and safetensors files of tensors
+plus JSON metadata."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file in the same folder, then rename it to `path`.
+    A plainly created temp file (not mkstemp's 0600) leaves the result with umask permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staging_dir(dest: Path) -> Iterator[Path]:
+    """A temporary folder next to `dest` that replaces `dest` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is shared like any other
+        # A folder cannot be renamed over a non-empty one: move the old one aside first.
+        old = dest.with_name(f".{dest.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: Path, expect: type | tuple[type, ...], what: str, error: type[Exception] = ValueError) -> Any:
+    """Parse `path` as JSON holding a `expect` (list or dict); `error` names the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, expect):
+        raise error(f"{path}: expected {what}, got {type(data).__name__}")
+    return data
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON with sorted keys (no NaN or infinity), atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write a safetensors file atomically; each metadata value is stored JSON-encoded.
+
+    The file appears under its final name only when complete (temp file in the same folder, then
+    os.replace), so an interrupted job never leaves a file that a pipeline would take as done.
+    """
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    encoded = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
+    atomic_write(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata=encoded))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        metadata = {key: json.loads(value) for key, value in (f.metadata() or {}).items()}
+    return tensors, metadata
+
+
+def write_parquet(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame as parquet (no index), atomically."""
+    atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))

@@ -1,0 +1,164 @@
+"""params.yaml validation: defaults filled in, bad input rejected naming the key and what is allowed."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editharm.config.derive import method_hparams, regularizer_params, task_options
+from editharm.config.load import ParamsError, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_params_validate_and_fill_defaults(default):
+    cfg = load_params(ROOT / "params.yaml")
+    assert cfg["stats"]["max_length"] == 128  # a schema default, absent from params.yaml
+    assert cfg["trust_remote_code"] is False
+    assert set(cfg["evaluation"]["tasks"]) == {"gsm8k", "rte", "nq", "boolq", "mutual", "samsum", "conll2003", "sst2"}
+    assert regularizer_params(cfg, "rect") == {"kind": "rect", "params": {"k": 0.4}}
+    assert method_hparams(cfg, "smollm2-135m", "rome")["kind"] == "rome"
+
+
+def _bad(default, mutate):
+    cfg = copy.deepcopy(default)
+    mutate(cfg)
+    with pytest.raises(ParamsError) as err:
+        validate_params(cfg)
+    return str(err.value)
+
+
+def test_unknown_top_level_key(default):
+    msg = _bad(default, lambda c: c.update(sead=1))
+    assert "'sead'" in msg and "allowed" in msg and "seed" in msg
+
+
+def test_unknown_nested_key(default):
+    msg = _bad(default, lambda c: c["evaluation"].update(batchsize=4))
+    assert "evaluation.batchsize" in msg and "batch_size" in msg
+
+
+def test_bad_type(default):
+    msg = _bad(default, lambda c: c["evaluation"].update(batch_size="eight"))
+    assert "evaluation.batch_size" in msg and "integer" in msg
+
+
+def test_unknown_method(default):
+    msg = _bad(default, lambda c: c["methods"].update(rom={}))
+    assert "methods.rom" in msg and "rome" in msg
+
+
+def test_unknown_regularizer_kind(default):
+    msg = _bad(default, lambda c: c["regularizers"].update(top={"kind": "rectt", "k": 0.2}))
+    assert "regularizers.top" in msg and "rect" in msg
+
+
+def test_bad_regularizer_param(default):
+    msg = _bad(default, lambda c: c["regularizers"]["rect"].update(k=1.5))
+    assert "regularizers.rect" in msg and "k" in msg
+
+
+def test_unknown_regularizer_param(default):
+    msg = _bad(default, lambda c: c["regularizers"]["rect"].update(top=3))
+    assert "regularizers.rect" in msg and "'top'" in msg
+
+
+def test_unknown_task(default):
+    msg = _bad(default, lambda c: c["evaluation"]["tasks"].update(sst3={}))
+    assert "evaluation.tasks.sst3" in msg and "sst2" in msg
+
+
+def test_bad_scoring(default):
+    msg = _bad(default, lambda c: c["evaluation"]["tasks"].update(rte={"scoring": "vote"}))
+    assert "evaluation.tasks.rte.scoring" in msg and "generate" in msg and "choice" in msg
+
+
+def test_unknown_setting(default):
+    msg = _bad(default, lambda c: c["settings"].update(batch_everything={}))
+    assert "settings" in msg and "instance_sequential" in msg
+
+
+def test_unknown_hparam_names_key(default):
+    msg = _bad(default, lambda c: c["methods"]["rome"].update(hparams={"layerz": 3}))
+    assert "methods.rome.hparams" in msg and "layerz" in msg
+
+
+def test_steps_beyond_sequence(default):
+    msg = _bad(default, lambda c: c.update(steps=[0, 1, 99]))
+    assert "'steps'" in msg and "n_edits" in msg
+
+
+def test_hub_source_must_pin_revision(default):
+    msg = _bad(default, lambda c: c["models"]["smollm2-135m"].update(source="hf"))
+    assert "models.smollm2-135m.source" in msg
+
+
+def test_task_options_merge_overrides(default):
+    cfg = copy.deepcopy(default)
+    cfg["evaluation"]["tasks"]["sst2"] = {"scoring": "generate", "limit": 5}
+    opts = task_options(validate_params(cfg), "sst2")
+    assert opts["scoring"] == "generate" and opts["limit"] == 5 and opts["batch_size"] == 8
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ParamsError, match="nope.yaml"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_settings_labels_kinds_and_their_keys(default):
+    cfg = copy.deepcopy(default)
+    cfg["settings"] = {"batch_single": {"batch_sizes": [2, 4]}, "seq4": {"kind": "batch_sequential", "batch_size": 4}}
+    from editharm.config.derive import setting_steps
+
+    valid = validate_params(cfg)
+    assert setting_steps(valid, "batch_single") == [0, 2, 4]
+    assert setting_steps(valid, "seq4") == [0, 1, 2]  # of the global steps 0, 1, 2, 4, 8 only 2 batches fit
+    msg = _bad(default, lambda c: c["settings"].update(batch_single={}))
+    assert "settings.batch_single" in msg and "batch_sizes" in msg
+    msg = _bad(default, lambda c: c["settings"].update(b={"kind": "batch_single", "batch_sizes": [99]}))
+    assert "settings.b" in msg and "1..8" in msg
+
+
+def test_a_setting_may_run_only_some_methods(default):
+    from editharm.config.derive import setting_methods, setting_spec
+
+    cfg = copy.deepcopy(default)
+    cfg["methods"] = {"rome": {}, "memit": {}}
+    cfg["settings"] = {"instance_sequential": {"methods": ["rome"]}, "batch_single": {"batch_sizes": [2]}}
+    valid = validate_params(cfg)
+    assert setting_methods(valid, "instance_sequential") == ["rome"]
+    assert setting_methods(valid, "batch_single") == ["rome", "memit"]
+    assert setting_spec(valid, "instance_sequential") == {"kind": "instance_sequential"}  # not an edit key
+    msg = _bad(default, lambda c: c["settings"].update(instance_sequential={"methods": ["kn"]}))
+    assert "settings.instance_sequential.methods" in msg and "['kn']" in msg and "allowed: rome" in msg
+
+
+def test_trainable_method_needs_its_train_split(default):
+    msg = _bad(default, lambda c: c["methods"].update(mend={}))
+    assert "methods.mend.train_dataset" in msg and "zsre_train" in msg
+    msg = _bad(default, lambda c: c["methods"]["rome"].update(train_dataset="zsre"))
+    assert "methods.rome.train_dataset" in msg and "no training step" in msg
+
+
+def test_statistics_reading_regularizer_needs_named_modules(default):
+    msg = _bad(default, lambda c: (c["methods"].update(kn={}), c["regularizers"].update(nullspace={})))
+    assert "regularizers.nullspace" in msg and "'kn'" in msg and "list the layers" in msg
+
+
+def test_easyedit_hparams_file_replaces_the_preset(default, tmp_path):
+    (tmp_path / "ROME.yaml").write_text(
+        "alg_name: ROME\nmodel_name: gpt2-xl\nlayers: [5]\nfact_token: subject_last\nv_num_grad_steps: 20\n"
+        "v_lr: 5e-1\nv_loss_layer: 47\nv_weight_decay: 0.5\nclamp_norm_factor: 4\nkl_factor: 0.0625\n"
+        "mom2_adjustment: false\ncontext_template_length_params: [[5, 10], [10, 10]]\n"
+        "rewrite_module_tmp: model.layers.{}.mlp.down_proj\n")
+    cfg = copy.deepcopy(default)
+    cfg["methods"]["rome_ee"] = {"kind": "rome", "easyedit": str(tmp_path / "ROME.yaml"), "hparams": {"v_lr": 0.25}}
+    hp = method_hparams(validate_params(cfg), "smollm2-135m", "rome_ee")["hparams"]
+    assert hp["layer"] == 5 and hp["v_lr"] == 0.25 and hp["exact_key"] == "prompt"
+    msg = _bad(default, lambda c: c["methods"].update(r={"kind": "rome", "easyedit": str(tmp_path / "nope.yaml")}))
+    assert "methods.r" in msg and "nope.yaml" in msg
