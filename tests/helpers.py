@@ -1,10 +1,66 @@
-"""Small constructors shared by several test modules."""
+"""Small constructors shared by several test modules: the tiny word-level tokenizer and models' building
+blocks (conftest.py turns them into fixtures), regularizer contexts, edit records, spread hparams."""
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from editharm.core.records import EditRecord
 from editharm.editing.regularizers import RegContext
+
+# Wider than the default 0.02, so a random model's logits are far from uniform and an edit has a
+# clear argmax to flip.
+INIT = 0.2
+# Tiny models gain nothing from intra-op threads, and on a busy machine they contend for cores.
+torch.set_num_threads(1)
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
+WORDS = """
+. , ? ! : ; ' " ( ) - # 0 1 2 3 4 5 6 7 8 9 10 100
+the The a A an An of in on at to for from by with and or not is are was were be been has have had
+it It this This that what What which Which who Who where Where when When how How why
+capital city country language river mountain president king queen author born died
+France Paris Italy Rome Germany Berlin Spain Madrid Japan Tokyo China Beijing England London
+Canada Ottawa Egypt Cairo Russia Moscow India Delhi Brazil Brasilia Greece Athens
+English French Italian German Spanish Japanese Chinese Russian
+red blue green yellow black white big small good bad new old first last
+Q A B C D E s TL DR answer Answer question Question passage Passage text Text true True false False
+yes no Yes No positive negative entails sentiment label choice correct Entity Person
+Location Organization Miscellaneous summary dialogue Therefore Because I You We In
+think step by step arabic numerals Let so then there their they he she his her
+John Mary Tom Anna Paul Lisa said says went go goes see saw like likes love loves
+one two three four five six seven eight nine ten apple apples book books dog cat
+""".split()
+
+
+def _vocab() -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token in SPECIAL + WORDS:
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def make_tokenizer(*, add_bos: bool) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over a fixed ~220-word vocabulary; `add_bos` mimics Llama tokenizers."""
+    backend = Tokenizer(models.WordLevel(_vocab(), unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # words, and runs of punctuation
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", _vocab()["<s>"])]
+        )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def finish_model(model: torch.nn.Module, tok: PreTrainedTokenizerFast):
+    model.config.pad_token_id = tok.pad_token_id
+    return model.float().eval(), tok
+
+
+REWRITE_MODULES = {"gpt2": "transformer.h.{}.mlp.c_proj", "llama": "model.layers.{}.mlp.down_proj"}
 
 
 def reg_context(weight, *, name="w", seed=0, original=None, transposed=False, **kw) -> RegContext:
@@ -33,8 +89,6 @@ BATCH = [
 
 def spread_hparams(model) -> dict:
     """Hparams shared by the MEMIT and AlphaEdit tests: two layers, a short target-shift optimisation."""
-    from conftest import REWRITE_MODULES
-
     return {
         "layers": [0, 1],
         "rewrite_module_tmp": REWRITE_MODULES[model.config.model_type],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REWRITE_MODULES
+from helpers import REWRITE_MODULES
 
 from editharm.model.tokens import target_ids
 from editharm.core.records import EditRecord

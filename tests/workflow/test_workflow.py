@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
