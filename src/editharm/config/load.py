@@ -18,6 +18,7 @@ from editharm.config.derive import (
     setting_methods,
     setting_steps,
     stats_modules,
+    train_dataset,
 )
 from editharm.core.registry import UnknownNameError
 
@@ -140,11 +141,7 @@ def _check_names(cfg: dict, source: str) -> None:
             )
     _check_lm_eval(cfg["evaluation"]["lm_eval"], source)
     for label, spec in cfg["methods"].items():
-        kind = spec.get("kind", label)
-        try:
-            METHODS.get(kind)
-        except UnknownNameError as exc:
-            raise ParamsError(f"{source}: key 'methods.{label}.kind': {exc}") from None
+        _registered(METHODS, "methods", label, spec, source)
         for model in cfg["models"]:
             try:
                 method_hparams(cfg, model, label)
@@ -152,7 +149,7 @@ def _check_names(cfg: dict, source: str) -> None:
                 raise ParamsError(f"{source}: key 'methods.{label}.hparams' (model {model!r}): {exc}") from None
     for label, spec in cfg["methods"].items():
         if METHODS.get(spec.get("kind", label)).trainable():
-            train = spec.get("train_dataset", "zsre_train")
+            train = train_dataset(cfg, label)
             if train not in cfg["datasets"]:
                 raise ParamsError(
                     f"{source}: key 'methods.{label}.train_dataset' is {train!r}, which has no source under "
@@ -171,11 +168,7 @@ def _check_names(cfg: dict, source: str) -> None:
             raise ParamsError(f"{source}: key 'settings.{label}.methods': {unknown} not under 'methods'; "
                               f"allowed: {', '.join(cfg['methods'])}")
     for label, spec in cfg["regularizers"].items():
-        kind = spec.get("kind", label)
-        try:
-            REGULARIZERS.get(kind)
-        except UnknownNameError as exc:
-            raise ParamsError(f"{source}: key 'regularizers.{label}.kind': {exc}") from None
+        kind = _registered(REGULARIZERS, "regularizers", label, spec, source)
         try:
             regularizer_params(cfg, label)
         except (ValueError, TypeError) as exc:
@@ -188,6 +181,16 @@ def _check_names(cfg: dict, source: str) -> None:
                     except (ValueError, NotImplementedError) as exc:
                         raise ParamsError(f"{source}: key 'regularizers.{label}' reads statistics of the modules "
                                           f"method {method!r} edits, which it cannot name: {exc}") from None
+
+
+def _registered(registry, section: str, label: str, spec: dict, source: str) -> str:
+    """The kind of entry `label` under `section` (its `kind`, else its label), checked against `registry`."""
+    kind = spec.get("kind", label)
+    try:
+        registry.get(kind)
+    except UnknownNameError as exc:
+        raise ParamsError(f"{source}: key '{section}.{label}.kind': {exc}") from None
+    return kind
 
 
 def _check_lm_eval(spec: dict, source: str) -> None:

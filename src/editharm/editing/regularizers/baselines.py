@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from editharm.editing.regularizers.base import REGULARIZERS, Regularizer
-from editharm.editing.regularizers.rect import ShareParams, n_kept, top_mask
+from editharm.editing.regularizers.rect import ShareParams, keep_top_share, n_kept
 
 
 @REGULARIZERS.register("random")
@@ -25,8 +25,7 @@ class RandomShare(Regularizer):
     def apply(cls, delta, params: ShareParams, ctx):
         # The same selection as RECT, with random scores in place of the relative change.
         scores = torch.rand(delta.shape, generator=ctx.generator).to(delta.device)
-        mask = top_mask(scores, n_kept(params.k, delta.numel()))
-        return torch.where(mask, delta, torch.zeros_like(delta))
+        return keep_top_share(delta, scores, params.k)
 
 
 def pca_rank(k: float, shape: torch.Size) -> int:

@@ -41,6 +41,12 @@ def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.view_as(scores)
 
 
+def keep_top_share(delta: torch.Tensor, scores: torch.Tensor, k: float) -> torch.Tensor:
+    """ΔW with only its ceil(k·n) highest-scoring entries kept (ties: lower flat index), the rest zero."""
+    mask = top_mask(scores, n_kept(k, delta.numel()))
+    return torch.where(mask, delta, torch.zeros_like(delta))
+
+
 @REGULARIZERS.register("rect")
 class Rect(Regularizer):
     name = "rect"
@@ -48,5 +54,4 @@ class Rect(Regularizer):
 
     @classmethod
     def apply(cls, delta, params: ShareParams, ctx):
-        mask = top_mask(relative_change(ctx.weight, delta), n_kept(params.k, delta.numel()))
-        return torch.where(mask, delta, torch.zeros_like(delta))
+        return keep_top_share(delta, relative_change(ctx.weight, delta), params.k)
