@@ -8,7 +8,6 @@ import torch
 import yaml
 from helpers import BATCH, spread_hparams
 
-from editharm.model.tokens import target_ids
 from editharm.editing.methods import METHODS
 from editharm.editing.methods.alphaedit import (
     AlphaEdit,
@@ -20,7 +19,7 @@ from editharm.editing.methods.alphaedit import (
 from editharm.model.deltas import applied
 from editharm.model.modules import module_input
 from editharm.model.stats import collect_second_moment
-from editharm.model.tokens import padded_batch
+from editharm.model.tokens import padded_batch, target_ids
 
 THRESHOLD = 2e-2  # the paper's; the tiny models' nonzero eigenvalues of C are ≥ 0.2
 

@@ -9,7 +9,6 @@ import torch
 import yaml
 from helpers import REWRITE_MODULES
 
-from editharm.model.tokens import target_ids
 from editharm.core.records import EditRecord
 from editharm.editing.methods import METHODS, ft
 from editharm.editing.methods.ft import (
@@ -22,6 +21,7 @@ from editharm.editing.methods.ft import (
 )
 from editharm.model.deltas import applied
 from editharm.model.modules import get_module
+from editharm.model.tokens import target_ids
 
 METHOD_CLASSES = [FtL, FtM]
 PRESETS = Path(ft.__file__).parents[1] / "presets"

@@ -8,12 +8,12 @@ import torch
 import yaml
 from helpers import BATCH, spread_hparams
 
-from editharm.model.tokens import target_ids
 from editharm.editing.methods import METHODS
 from editharm.editing.methods.memit import Memit, MemitHparams, memit_update
 from editharm.editing.methods.rome import context_prefixes, subject_keys
 from editharm.model.deltas import applied
 from editharm.model.stats import collect_second_moment
+from editharm.model.tokens import target_ids
 
 
 def tiny_hparams(model, **overrides) -> MemitHparams:

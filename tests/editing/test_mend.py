@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from editharm.model.tokens import target_ids
 from editharm.core.fileio import load_tensors, save_tensors
 from editharm.core.records import EditRecord
 from editharm.data.catalog import DEMO_DIR
@@ -17,6 +16,7 @@ from editharm.data.editsets import load_edit_records
 from editharm.editing.methods import METHODS
 from editharm.editing.methods.mend import Mend, MendHparams, edit_sites, init_editor
 from editharm.model.deltas import applied
+from editharm.model.tokens import target_ids
 
 TEMPLATES = {
     "gpt2": ["transformer.h.{}.mlp.c_fc", "transformer.h.{}.mlp.c_proj"],

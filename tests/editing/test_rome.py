@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editharm.model.tokens import target_ids
 from editharm.core.records import EditRecord
 from editharm.editing.methods import METHODS
 from editharm.editing.methods.rome import (
@@ -17,6 +16,7 @@ from editharm.editing.methods.rome import (
 from editharm.model.deltas import applied
 from editharm.model.modules import get_module
 from editharm.model.stats import collect_second_moment
+from editharm.model.tokens import target_ids
 
 
 def record(prompt: str, subject: str, target: str, id: str = "r") -> EditRecord:

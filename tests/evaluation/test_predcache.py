@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from editharm.cli import main
+from editharm.core.fileio import SOURCE_MANIFEST
 from editharm.data.catalog import DEMO_DIR
 from editharm.evaluation import general as evaluation
 from editharm.evaluation.predcache import (
@@ -16,7 +17,6 @@ from editharm.evaluation.predcache import (
 )
 from editharm.evaluation.tasks import TASKS
 from editharm.model.deltas import save_delta
-from editharm.sources.models import MANIFEST
 
 NAME = "model.layers.1.mlp.down_proj.weight"
 
@@ -67,10 +67,10 @@ def test_model_key_reads_the_manifest_checksums_and_the_dtype(saved):
     folder = saved / "model"
     hashed = model_key(folder, "float32", "cpu")  # no manifest: every file hashed here
     assert model_key(folder, "bfloat16", "cpu") != hashed
-    (folder / MANIFEST).write_text(json.dumps({"source": "local:x", "files": {"model.safetensors": "ab" * 32}}))
+    (folder / SOURCE_MANIFEST).write_text(json.dumps({"source": "local:x", "files": {"model.safetensors": "ab" * 32}}))
     from_manifest = model_key(folder, "float32", "cpu")
     assert from_manifest != hashed
-    (folder / MANIFEST).write_text(json.dumps({"source": "local:y", "files": {"model.safetensors": "ab" * 32}}))
+    (folder / SOURCE_MANIFEST).write_text(json.dumps({"source": "local:y", "files": {"model.safetensors": "ab" * 32}}))
     assert model_key(folder, "float32", "cpu") == from_manifest  # the files decide, not where they came from
 
 

@@ -122,7 +122,7 @@ def test_one_model_per_report(tmp_path):
     table = tmp_path / "out" / "metrics.parquet"
     with pytest.raises(ValueError, match=r"\['large', 'small'\]"):
         build_report(table, tmp_path / "r.html", context=CONTEXT)
-    build_report(table, tmp_path / "r.html", context={**CONTEXT, "model_name": "large"})
+    build_report(table, tmp_path / "r.html", context={**CONTEXT, "model": "large"})
     spec = embedded_spec((tmp_path / "r.html").read_text(encoding="utf-8"))
     rows = [r for data in spec["datasets"].values() for r in data if "mean_general" in r]
     assert [r["mean_general"] for r in rows] == [0.75]

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from editharm.core.fileio import SOURCE_MANIFEST
 from editharm.sources.corpora import fetch_corpus
 from editharm.sources.grammar import SourceError, parse_source
-from editharm.sources.models import MANIFEST, fetch_model
+from editharm.sources.models import fetch_model
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -42,7 +43,7 @@ def test_local_folder_copied_bit_identical(model_dir, tmp_path):
     assert prov["source"].startswith("local:")
     a, b = _weights(model_dir), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((out / MANIFEST).read_text())["source"] == f"local:{model_dir}"
+    assert json.loads((out / SOURCE_MANIFEST).read_text())["source"] == f"local:{model_dir}"
     assert [p.name for p in out.parent.iterdir()] == ["m"]  # nothing half-written beside it
 
 
@@ -223,7 +224,7 @@ def test_hub_model_is_pinned_in_the_lock_on_first_fetch_and_checked_after(fake_h
     assert prov["revision"] == REV and prov["requested"] == "main"
     entry = json.loads(lock.read_text())["models"]["tiny"]
     assert entry["source"] == "hf:org/tiny@main" and entry["commit"] == REV
-    assert entry["files"] == json.loads((tmp_path / "models/tiny" / MANIFEST).read_text())["files"]
+    assert entry["files"] == json.loads((tmp_path / "models/tiny" / SOURCE_MANIFEST).read_text())["files"]
     assert "model.safetensors" in entry["files"]
 
     # main moves on: the locked commit is still what is fetched, and the lock is not rewritten

@@ -47,7 +47,6 @@ def test_default_grid_dry_run_job_counts(tmp_path):
     (setting,) = cfg["settings"]
     configs = len(cfg["methods"]) * len(cfg["regularizers"]) * cfg["sequences"]["count"]
     tasks = len(cfg["evaluation"]["tasks"])
-    edit_steps = len([s for s in cfg["steps"] if s > 0])
     assert counts == {
         "all": 1,
         "fetch_model": 1,

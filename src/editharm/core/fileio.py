@@ -16,6 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+# The manifest a fetched model folder carries: its source and every file's sha256 (written by
+# editharm.sources.models, read by the prediction cache as the model's identity).
+SOURCE_MANIFEST = "editharm-source.json"
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file in the same folder, then rename it to `path`.

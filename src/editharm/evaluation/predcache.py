@@ -25,9 +25,8 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from editharm.core.fileio import atomic_write, read_json, sha256_file
+from editharm.core.fileio import SOURCE_MANIFEST, atomic_write, read_json, sha256_file
 from editharm.model.deltas import LAYOUT_KEY
-from editharm.sources.models import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,11 @@ def model_key(model_dir: Path, dtype: str, device: torch.device | str) -> str:
     """The base model's identity: its files' sha256 (from the fetch manifest when it lists them,
     else hashed here), with the dtype and device type that shape its outputs."""
     model_dir = Path(model_dir)
-    manifest = model_dir / MANIFEST
+    manifest = model_dir / SOURCE_MANIFEST
     files = read_json(manifest, dict, "a source manifest").get("files") if manifest.exists() else None
     if not files:
         log.info("%s lists no file checksums: hashing the model's files for the prediction cache", model_dir)
-        files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
+        files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != SOURCE_MANIFEST}
     return _digest({"files": files, "dtype": dtype, "device": torch.device(device).type})
 
 

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 CONTEXT_KEYS: dict[str, type] = {
     "model": str, "model_source": str, "edit_dataset": str, "datasets": list, "settings": dict,
 }
-# title replaces the default heading; model_name picks the table's model when it holds several
-OPTIONAL_CONTEXT_KEYS: dict[str, type] = {"note": str, "title": str, "model_name": str}
+# title replaces the default heading
+OPTIONAL_CONTEXT_KEYS: dict[str, type] = {"note": str, "title": str}
 DATASET_KEYS: dict[str, type] = {"name": str, "source": str, "licence": str, "attribution": str, "demo": bool}
 CHART_DIV = "charts"
 WEIGHT_DIV = "weights"
@@ -78,15 +78,13 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def _select_model(table: pd.DataFrame, context: dict[str, Any]) -> str:
-    """One report per model: `context["model_name"]` picks it when the table holds several."""
+    """One report per model: the table's only model, or the one `context["model"]` names."""
     models = sorted(table["model"].unique())
-    name = context.get("model_name")
-    if name is None:
-        if len(models) != 1:
-            raise ValueError(f"table holds models {models}; set context['model_name'] to pick one")
-        name = models[0]
+    if len(models) == 1:
+        return models[0]
+    name = context["model"]
     if name not in models:
-        raise ValueError(f"model {name!r} not in table; it holds {models}")
+        raise ValueError(f"table holds models {models}; context['model'] ({name!r}) names none of them")
     return name
 
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from editharm.core.fileio import sha256_file, staging_dir
+from editharm.core.fileio import SOURCE_MANIFEST, sha256_file, staging_dir
 from editharm.sources.files import fetch_file
 from editharm.sources.grammar import SourceError, parse_source
 from editharm.sources.hub import snapshot_model
@@ -17,7 +17,6 @@ from editharm.sources.lockfile import SourceLock, check_files
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "editharm-source.json"
 # Weight formats we refuse to read: pickled checkpoints can run code on load.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -56,14 +55,14 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
         if pinned:
             check_files("model", name, pinned["files"], files, "the locked commit")
         prov = {"source": source_text, **prov, "files": files}
-        (out / MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        (out / SOURCE_MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     if locked is not None and pinned is None:
         locked.record(name, {"source": source_text, "commit": prov["revision"], "files": files})
     return prov
 
 
 def _copy_safetensors_folder(src: Path, out: Path) -> None:
-    files = [p for p in src.iterdir() if p.is_file() and p.name != MANIFEST]
+    files = [p for p in src.iterdir() if p.is_file() and p.name != SOURCE_MANIFEST]
     if not any(p.suffix == ".safetensors" for p in files):
         pickled = [p.name for p in files if p.suffix in _PICKLE_SUFFIXES]
         why = f" (found only pickled weights {pickled}: refused, they can run code on load)" if pickled else ""
