@@ -74,14 +74,15 @@ def main() -> None:
             train_s = time.perf_counter() - t0
         original = {k: v.clone() for k, v in model.state_dict().items()}
         with tempfile.TemporaryDirectory() as out:
-            run_edits(model, tok, cls, hp, none, none.Params(), Setting("instance_sequential"), records, [1], out,
-                      stats=stats, editor=editor, metadata={})
+            run_edits(model, tok, cls, hp, none, none.Params(), Setting("instance_sequential"), records,
+                      {1: Path(out) / "step-1.safetensors"}, stats=stats, editor=editor, metadata={})
         first = edit_metrics(model, tok, records[:1])[1]["reliability"]
         model.load_state_dict(original)
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             paths = run_edits(model, tok, cls, hp, none, none.Params(), Setting("instance_sequential"), records,
-                              [args.edits], out, stats=stats, editor=editor, metadata={})
+                              {args.edits: Path(out) / f"step-{args.edits}.safetensors"}, stats=stats, editor=editor,
+                              metadata={})
             per_edit = (time.perf_counter() - t0) / args.edits
             size = paths[-1].stat().st_size
         _, summary = edit_metrics(model, tok, records)
