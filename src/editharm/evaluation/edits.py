@@ -12,7 +12,6 @@ Summaries are over the latest edit call's records (the usual editing metrics) an
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Sequence
 
@@ -21,8 +20,6 @@ import pandas as pd
 from editharm.core.records import EditRecord
 from editharm.evaluation.metrics import ngram_entropy
 from editharm.model.generation import greedy_generate, teacher_forced
-
-log = logging.getLogger(__name__)
 
 EDIT_METRICS = ("reliability", "generalization", "locality", "portability")
 # Measured on the latest edits only: a generation per prompt is the expensive part.
