@@ -73,6 +73,11 @@ def step_deltas(w, setting, steps):
     return [f"data/edits/{w.model}/{w.method}/{w.reg}/{setting}/seq{w.seq}/step-{step}.safetensors" for step in steps]
 
 
+def bootstrap_flag():
+    options = ehc.bootstrap_options(cfg)
+    return f"--bootstrap '{as_json(options)}'" if options else ""
+
+
 def cache_flag():
     cache = cfg["evaluation"]["cache"]
     return f"--cache {cache}" if cache else ""
@@ -102,7 +107,7 @@ def get_all_metrics(w=None):
             step=[s for s in SETTING_STEPS[setting] if s > 0], task=TASKS + ["editing"],
         )
     ]
-    return base + edited + get_lmeval_metrics()
+    return base + edited + get_lmeval_metrics() + get_perplexity_metrics()
 
 
 def get_all_weights(kind):
@@ -139,3 +144,26 @@ def get_lmeval_metrics(w=None):
         )
     ]
     return expand("data/eval/{model}/base/lmeval.json", model=MODELS) + edited
+
+
+# Held-out perplexity (make_heldout, evaluate_perplexity*); off while probes.perplexity is null or its texts 0.
+HELDOUT_ARGS = " ".join(map(shlex.quote, ehc.heldout_args(cfg)))
+PERPLEXITY_ARGS = " ".join(map(shlex.quote, ehc.perplexity_args(cfg)))
+# The statistics texts, which no held-out text may repeat (none when no statistics corpus is set).
+STATS_TEXTS = [f"data/corpora/{CORPUS}.jsonl"] if cfg["stats"].get("corpus") else []
+
+
+def get_perplexity_metrics(w=None):
+    """Every perplexity metric file of the grid, or [] when the probe is off."""
+    if not PERPLEXITY_ARGS:
+        return []
+    edited = [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            "data/eval/{model}/{method}/{reg}/{setting}/seq{seq}/step-{step}/perplexity.json",
+            model=MODELS, method=SETTING_METHODS[setting], reg=REGS, setting=[setting], seq=SEQS,
+            step=[s for s in SETTING_STEPS[setting] if s > 0],
+        )
+    ]
+    return expand("data/eval/{model}/base/perplexity.json", model=MODELS) + edited

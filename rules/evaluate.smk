@@ -13,6 +13,7 @@ rule evaluate_base:
         options=lambda w: as_json(ehc.task_options(cfg, w.task)),
         labels=lambda w: labels(w, method="base", reg="none", setting="base", seq=0, step=0),
         cache=cache_flag(),
+        bootstrap=bootstrap_flag(),
         device=cfg["device"],
         dtype=cfg["dtype"],
     threads: cfg["threads"]
@@ -26,7 +27,7 @@ rule evaluate_base:
         gpu=GPU,
     shell:
         "editharm --log {log} evaluate-task --model {input.model} --task {wildcards.task} --data {input.data} "
-        "--options {params.options:q} --labels {params.labels:q} {params.cache} --device {params.device} "
+        "--options {params.options:q} --labels {params.labels:q} {params.cache} {params.bootstrap} --device {params.device} "
         "--dtype {params.dtype} --threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"
 
 
@@ -55,6 +56,7 @@ for _setting in SETTINGS:
             options=lambda w: as_json(ehc.task_options(cfg, w.task)),
             labels=lambda w, setting=_setting: labels(w, setting=setting),
             cache=cache_flag(),
+            bootstrap=bootstrap_flag(),
             device=cfg["device"],
             dtype=cfg["dtype"],
         threads: cfg["threads"]
@@ -69,7 +71,7 @@ for _setting in SETTINGS:
         shell:
             "editharm --log {log} evaluate-task --model {input.model} --delta {input.deltas} "
             "--task {wildcards.task} --data {input.data} --options {params.options:q} --labels {params.labels:q} "
-            "{params.cache} --device {params.device} --dtype {params.dtype} --threads {threads} "
+            "{params.cache} {params.bootstrap} --device {params.device} --dtype {params.dtype} --threads {threads} "
             "--out-predictions {output.predictions} --out-metrics {output.metrics}"
 
     rule:
@@ -91,6 +93,7 @@ for _setting in SETTINGS:
         params:
             labels=lambda w, setting=_setting: labels(w, setting=setting),
             fluency=cfg["evaluation"]["fluency_tokens"],
+            bootstrap=bootstrap_flag(),
             device=cfg["device"],
             dtype=cfg["dtype"],
         threads: cfg["threads"]
@@ -104,9 +107,79 @@ for _setting in SETTINGS:
             gpu=GPU,
         shell:
             "editharm --log {log} evaluate-edits --model {input.model} --delta {input.deltas} "
-            "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} "
+            "--sequence {input.sequence} --labels {params.labels:q} --fluency-tokens {params.fluency} {params.bootstrap} "
             "--device {params.device} --dtype {params.dtype} --threads {threads} "
             "--out-predictions {output.predictions} --out-metrics {output.metrics}"
+
+
+# Held-out perplexity (probes.perplexity): one job per configuration scores every checkpoint on one
+# loaded model, and one the unedited model.
+rule evaluate_perplexity_base:
+    input:
+        model="data/models/{model}",
+        texts="data/probes/heldout.jsonl",
+    output:
+        predictions="data/eval/{model}/base/perplexity.parquet",
+        metrics="data/eval/{model}/base/perplexity.json",
+    params:
+        args=PERPLEXITY_ARGS,
+        bootstrap=bootstrap_flag(),
+        labels=lambda w: labels(w, method="base", reg="none", setting="base", seq=0, step=0, demo=False),
+        device=cfg["device"],
+        dtype=cfg["dtype"],
+    threads: cfg["threads"]
+    log:
+        "logs/evaluate_perplexity_base/{model}.log",
+    benchmark:
+        "benchmarks/evaluate_perplexity_base/{model}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=GPU,
+    shell:
+        "editharm --log {log} perplexity --model {input.model} --texts {input.texts} {params.args} "
+        "{params.bootstrap} --labels {params.labels:q} --device {params.device} --dtype {params.dtype} --threads {threads} "
+        "--out-predictions {output.predictions} --out-metrics {output.metrics}"
+
+
+for _setting in SETTINGS:
+    _edit_steps = [s for s in SETTING_STEPS[_setting] if s > 0]
+
+    rule:
+        name:
+            f"evaluate_perplexity_{_setting}"
+        input:
+            model="data/models/{model}",
+            deltas=lambda w, steps=_edit_steps, setting=_setting: step_deltas(w, setting, steps),
+            texts="data/probes/heldout.jsonl",
+        output:
+            predictions=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/perplexity.parquet",
+                setting=_setting, step=_edit_steps,
+            ),
+            metrics=expand(
+                "data/eval/{{model}}/{{method}}/{{reg}}/{setting}/seq{{seq}}/step-{step}/perplexity.json",
+                setting=_setting, step=_edit_steps,
+            ),
+        params:
+            args=PERPLEXITY_ARGS,
+            bootstrap=bootstrap_flag(),
+            labels=lambda w, setting=_setting: labels(w, setting=setting, demo=False),
+            device=cfg["device"],
+            dtype=cfg["dtype"],
+        threads: cfg["threads"]
+        log:
+            f"logs/evaluate_perplexity/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.log",
+        benchmark:
+            f"benchmarks/evaluate_perplexity/{{model}}/{{method}}/{{reg}}/{_setting}/seq{{seq}}.tsv"
+        resources:
+            mem_mb=8000,
+            runtime=120,
+            gpu=GPU,
+        shell:
+            "editharm --log {log} perplexity --model {input.model} --delta {input.deltas} --texts {input.texts} "
+            "{params.args} {params.bootstrap} --labels {params.labels:q} --device {params.device} --dtype {params.dtype} "
+            "--threads {threads} --out-predictions {output.predictions} --out-metrics {output.metrics}"
 
 
 # How far each checkpoint's edits moved the edited matrices (no GPU: it reads dW files and the base weights).

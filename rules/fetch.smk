@@ -1,5 +1,5 @@
 # Models, datasets and the statistics corpus, each from a pinned source string in params.yaml.
-localrules: fetch_model, fetch_dataset, fetch_corpus
+localrules: fetch_model, fetch_dataset, fetch_corpus, make_heldout
 
 # Online sources are pinned in these files on first use (commit and sha256s), reviewed in git.
 DATASET_LOCK = "datasets.lock.json"
@@ -59,3 +59,21 @@ rule fetch_corpus:
     shell:
         "editharm --log {log} fetch-corpus --source {params.source:q} --n {params.n} --lock {params.lock} "
         "--out {output} {params.sha256}"
+
+
+# Held-out texts for the perplexity probe: the first usable texts of its corpus that the statistics did not read.
+rule make_heldout:
+    input:
+        exclude=STATS_TEXTS,
+    output:
+        "data/probes/heldout.jsonl",
+    params:
+        args=HELDOUT_ARGS,
+        lock=CORPUS_LOCK,
+    log:
+        "logs/make_heldout.log",
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "editharm --log {log} make-heldout {params.args} --lock {params.lock} --exclude {input.exclude} --out {output}"

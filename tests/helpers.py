@@ -97,3 +97,15 @@ def spread_hparams(model) -> dict:
         "clamp_norm_factor": 10.0,
         "context_template_length_params": [[3, 2]],
     }
+
+
+def nll_by_hand(model, tok, text: str, max_tokens: int) -> tuple[float, int]:
+    """One forward pass over a text's first `max_tokens` ids: -sum of log p(token | the tokens before), and
+    how many tokens that scores (the first one is context only)."""
+    ids = tok(text)["input_ids"][:max_tokens]
+    if len(ids) < 2:
+        return 0.0, 0
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    log_probs = torch.log_softmax(logits[:-1].double(), dim=-1)
+    return -log_probs.gather(-1, torch.tensor(ids[1:])[:, None]).sum().item(), len(ids) - 1

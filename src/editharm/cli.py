@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, required=True)
     sp.add_argument("--out", type=Path, required=True)
 
+    sp = add("make-heldout", 'editharm.sources.jobs:make_heldout',
+             "write held-out texts (jsonl) for the perplexity probe, none of them a statistics text")
+    sp.add_argument("--source", required=True, help="corpus source, as for fetch-corpus")
+    sp.add_argument("--sha256", default=None)
+    sp.add_argument("--lock", type=Path, default=Path("corpora.lock.json"),
+                    help="lock file pinning a Hub corpus to the commit its revision had on first use")
+    sp.add_argument("--n", type=int, required=True, help="number of held-out texts")
+    sp.add_argument("--exclude", type=Path, nargs="*", default=[],
+                    help="statistics corpus files (fetch-corpus output) whose texts are left out")
+    sp.add_argument("--out", type=Path, required=True)
+
     sp = add("make-sequence", 'editharm.data.jobs:make_sequence', "sample a seeded edit sequence (parquet)")
     sp.add_argument("--records", type=Path, required=True, help="edit dataset folder")
     sp.add_argument("--dataset", default=None, help="the editing dataset's name (default: the folder manifest's)")
@@ -159,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
         sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
         sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
+        sp.add_argument("--bootstrap", type=_json, default=None,
+                        help='item resamples for intervals, e.g. {"resamples": 1000, "seed": 0} (default: none)')
         if name == "evaluate-task":
             sp.add_argument("--task", required=True)
             sp.add_argument("--data", type=Path, required=True)
@@ -169,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--sequence", type=Path, required=True)
             sp.add_argument("--fluency-tokens", type=int, default=0,
                             help="tokens generated per edit prompt for fluency (0: no fluency)")
+
+    sp = add("perplexity", 'editharm.evaluation.jobs:perplexity', "held-out perplexity of checkpoints")
+    torch_opts(sp)
+    sp.add_argument("--model", type=Path, required=True)
+    sp.add_argument("--delta", type=Path, nargs="*", default=[],
+                    help="dW safetensors, one per checkpoint (none: the base model)")
+    sp.add_argument("--texts", type=Path, required=True, help="held-out texts (jsonl of id, text; make-heldout)")
+    sp.add_argument("--bootstrap", type=_json, default=None,
+                    help='text resamples for intervals, e.g. {"resamples": 1000, "seed": 0} (default: none)')
+    sp.add_argument("--max-tokens", type=int, default=256, help="tokens per text (its first ones) scored at most")
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--labels", type=_json, required=True,
+                    help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
+    sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
+    sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
 
     sp = add("lm-eval", 'editharm.evaluation.jobs:lm_eval', "score checkpoints on lm-evaluation-harness tasks (extra: editharm[lmeval])")
     torch_opts(sp)
@@ -190,10 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", type=Path, required=True)
     sp.add_argument("--weights", type=Path, nargs="*", default=[], help="weight-stats tables to concatenate")
     sp.add_argument("--heatmaps", type=Path, nargs="*", default=[], help="heatmap tables to concatenate")
+    sp.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap intervals")
     sp.add_argument("metrics", type=Path, nargs="+")
 
     sp = add("build-report", 'editharm.results.jobs:build_report', "build the self-contained HTML report")
-    sp.add_argument("--table", type=Path, required=True)
+    sp.add_argument("--points", type=Path, required=True, help="the points table of aggregate (parquet or csv)")
+    sp.add_argument("--level", type=float, default=0.95, help="confidence level its intervals were computed at")
     sp.add_argument("--weights", type=Path, default=None)
     sp.add_argument("--heatmaps", type=Path, default=None)
     sp.add_argument("--context", type=_json, required=True)

@@ -25,6 +25,15 @@ def test_default_params_validate_and_fill_defaults(default):
     assert method_hparams(cfg, "smollm2-135m", "rome")["kind"] == "rome"
 
 
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_paper_presets_validate_and_evaluate_nli_on_the_papers_split(preset):
+    cfg = load_params(ROOT / "configs" / preset)
+    # GLUE RTE train (2,490 pairs) as the RECT paper, generated and parsed as the paper, not RTE dev
+    assert cfg["datasets"]["rte_train"] == "real" and "rte" not in cfg["datasets"]
+    assert cfg["evaluation"]["tasks"]["rte_train"] == {"scoring": "generate"} and "rte" not in cfg["evaluation"]["tasks"]
+    assert len(cfg["evaluation"]["tasks"]) == 8
+
+
 def _bad(default, mutate):
     cfg = copy.deepcopy(default)
     mutate(cfg)
@@ -162,3 +171,29 @@ def test_easyedit_hparams_file_replaces_the_preset(default, tmp_path):
     assert hp["layer"] == 5 and hp["v_lr"] == 0.25 and hp["exact_key"] == "prompt"
     msg = _bad(default, lambda c: c["methods"].update(r={"kind": "rome", "easyedit": str(tmp_path / "nope.yaml")}))
     assert "methods.r" in msg and "nope.yaml" in msg
+
+
+def test_perplexity_probe_params(default):
+    from editharm.config.derive import heldout_args, perplexity_args, perplexity_probe
+
+    cfg = validate_params(default)
+    assert perplexity_probe(cfg) == {"texts": 64, "max_tokens": 256, "corpus": default["stats"]["corpus"],
+                                     "sha256": default["stats"]["sha256"]}  # null corpus: the statistics corpus
+    assert heldout_args(cfg)[:4] == ["--source", default["stats"]["corpus"], "--n", "64"]
+    assert perplexity_args(cfg) == ["--max-tokens", "256", "--batch-size", "8"]
+    for off in ({"perplexity": None}, {"perplexity": {"texts": 0}}, {}):
+        cfg = validate_params({**default, "probes": off})
+        assert perplexity_probe(cfg) is None and heldout_args(cfg) == [] and perplexity_args(cfg) == []
+    own = validate_params({**default, "probes": {"perplexity": {"corpus": "local:texts.txt"}}})
+    assert perplexity_probe(own) == {"texts": 64, "max_tokens": 256, "corpus": "local:texts.txt", "sha256": None}
+
+
+def test_bad_perplexity_probe_params_name_the_key(default):
+    msg = _bad(default, lambda c: c["probes"]["perplexity"].update(texts=-1))
+    assert "probes.perplexity.texts" in msg and "-1" in msg
+    msg = _bad(default, lambda c: c["probes"]["perplexity"].update(max_tokens=1))
+    assert "probes.perplexity.max_tokens" in msg
+    msg = _bad(default, lambda c: c["probes"]["perplexity"].update(tokens=5))
+    assert "probes.perplexity.tokens" in msg and "max_tokens" in msg
+    msg = _bad(default, lambda c: c["stats"].pop("corpus"))
+    assert "probes.perplexity.corpus" in msg and "stats.corpus" in msg

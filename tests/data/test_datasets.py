@@ -30,7 +30,7 @@ def zsre(**overrides):
 
 
 def test_dataset_and_source_registries():
-    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", "zsre_train", *TASK_DATASETS, *EDIT_DATASETS}
+    assert set(DATASET_NAMES) == set(DATASETS.names()) == {"zsre", "zsre_train", "rte_train", *TASK_DATASETS, *EDIT_DATASETS}
     assert set(FETCHERS.names()) == set(kinds_for("dataset")) == {"embedded", "local", "hf", "url"}
 
 
@@ -197,14 +197,22 @@ def test_edit_record_missing_fields_and_wrong_shapes(tmp_path):
 
 def test_demo_zsre_bundle():
     records = load_edit_records(DEMO_DIR / "zsre_demo.json")
-    assert len(records) >= 32
+    assert len(records) >= 80  # enough distinct records for sequences of 64, and up to 80, edits
     raw = json.loads((DEMO_DIR / "zsre_demo.json").read_text())
+    keys = {"subject", "src", "pred", "rephrase", "alt", "answers", "loc", "loc_ans"}
     for rec, edit in zip(raw, records):
+        assert set(rec) == keys
         assert edit.target_new != edit.ground_truth
         assert rec["pred"] == rec["answers"][0]
-        assert 1 <= len(rec["alt"].split()) <= 3
+        assert 1 <= len(rec["alt"].split()) <= 3 and 1 <= len(rec["pred"].split()) <= 4  # "J. R. R. Tolkien"
+        assert rec["subject"] in rec["src"] and rec["subject"] in rec["rephrase"]
+        for prompt in (rec["src"], rec["rephrase"]):  # the prompts end before the answer
+            assert not re.search(rf"\b{re.escape(rec['pred'])}\b", prompt)
+            assert not re.search(rf"\b{re.escape(rec['alt'])}\b", prompt)
         assert rec["loc"].startswith("nq question: ") and edit.locality_prompt.endswith("?")
     assert len({r.subject for r in records}) == len(records)
+    assert len({r.locality_prompt for r in records}) == len(records)
+    assert len({(r.prompt, r.target_new) for r in records}) == len(records)
 
 
 @pytest.mark.parametrize("task", TASK_DATASETS)

@@ -21,7 +21,7 @@ from editharm.data.catalog import DATASETS, DEMO_DIR, dataset_files
 from editharm.data.editsets import load_edit_records
 from editharm.data.fetch import describe_source, fetch_dataset
 from editharm.data.releaseformat import ReleaseFormatError
-from editharm.evaluation.tasks import LOADERS
+from editharm.evaluation.tasks import LOADERS, TASKS
 from editharm.sources.grammar import ChecksumError
 from editharm.sources.lockfile import SourceLock
 
@@ -101,6 +101,24 @@ def test_nq_oracle_passages(tmp_path):
     assert item.reference == ["William Shakespeare", "Shakespeare"]
 
 
+def test_nq_reads_the_reference_evaluations_file_named_test_jsonl(tmp_path):
+    # The RECT code's test-OpenDomainQA.jsonl: question, answer (list), output (passages; it uses output[0]).
+    record = {"question": "who wrote hamlet", "answer": ["Shakespeare"],
+              "output": ["Hamlet is a tragedy by William Shakespeare.", "A second passage."]}
+    released = tmp_path / "rect" / "test-OpenDomainQA.jsonl"
+    released.parent.mkdir()
+    released.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ReleaseFormatError, match="no gold passage"):  # another name: read as the oracle format
+        fetch_dataset("nq", f"local:{released}", tmp_path / "as-released")
+    renamed = released.with_name("test.jsonl")
+    released.rename(renamed)
+    for source in (renamed, renamed.parent):
+        fetch_dataset("nq", f"local:{source}", tmp_path / "nq")
+        [item] = TASKS.get("nq").load_items(tmp_path / "nq")
+        assert item.fields["document"] == "Hamlet is a tragedy by William Shakespeare."
+        assert item.reference == ["Shakespeare"]
+
+
 @pytest.mark.parametrize(
     "name, rows, message",
     [
@@ -149,6 +167,10 @@ def test_local_source_works_for_every_dataset(tmp_path, name):
         origin = tmp_path / "copy" / "release.json"
         origin.parent.mkdir()
         origin.write_text(json.dumps(EDIT_FIXTURES[name]))
+    elif name == "rte_train":  # no demo of its own: the RTE demo under the train split's file name
+        origin = tmp_path / "copy" / "train.tsv"
+        origin.parent.mkdir()
+        origin.write_bytes((DEMO_DIR / "rte" / "dev.tsv").read_bytes())
     else:  # the demo bundle is in each dataset's original release layout
         origin = DEMO_DIR / spec.demo
     manifest = fetch_dataset(name, f"local:{origin}", tmp_path / "out")
@@ -213,6 +235,27 @@ def test_hub_source_is_locked_on_first_use_and_reused(tmp_path, hub):
     assert hub.downloads[-1][1] == C1
     assert lock.stat().st_mtime_ns == before
     assert [i.reference for i in items("rte", tmp_path / "rte")] == ["entailment"]
+
+
+def test_rte_train_real_is_the_glue_train_split_pinned_and_labelled(tmp_path, hub):
+    # The RECT paper's NLI split: "real" stands for GLUE RTE train, converted to GLUE train.tsv
+    assert DATASETS.get("rte_train").real == "hf:nyu-mll/glue@main#rte/train-*.parquet"
+    assert DATASETS.get("rte").real == "hf:nyu-mll/glue@main#rte/validation-*.parquet"
+    described = describe_source("rte_train", "real")
+    assert described["source"] == "hf:nyu-mll/glue@main#rte/train-*.parquet" and not described["demo"]
+    assert "train split" in described["attribution"]
+    hub.publish("nyu-mll/glue", C1, {**GLUE_RTE, "rte/train-00000-of-00001.parquet": [
+        {"sentence1": "It rained.", "sentence2": "It was dry.", "label": 1, "idx": 0},
+        {"sentence1": "A dog ran.", "sentence2": "An animal ran.", "label": 0, "idx": 1}]})
+    hub.heads[("nyu-mll/glue", "main")] = C1
+    lock = tmp_path / "datasets.lock.json"
+    manifest = fetch_dataset("rte_train", "real", tmp_path / "rte_train", lock=lock)
+    assert hub.downloads == [("nyu-mll/glue", C1, ("rte/train-*.parquet",))]
+    assert [f["path"] for f in manifest["files"]] == ["train.tsv"]
+    assert manifest["source"] == "hf:nyu-mll/glue@main#rte/train-*.parquet"
+    assert list(json.loads(lock.read_text())["datasets"]["rte_train"]["files"]) == ["rte/train-00000-of-00001.parquet"]
+    got = TASKS.get("rte_train").load_items(tmp_path / "rte_train")
+    assert [(i.id, i.reference) for i in got] == [("0", "False"), ("1", "True")]
 
 
 def test_hub_checksum_mismatch_fails_and_writes_nothing(tmp_path, hub):

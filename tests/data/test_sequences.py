@@ -2,6 +2,8 @@
 import pytest
 
 from editharm.core.records import EditRecord
+from editharm.data.catalog import DEMO_DIR
+from editharm.data.editsets import load_edit_records
 from editharm.data.sequences import read_sequence, sample_sequence, write_sequence
 
 
@@ -38,3 +40,12 @@ def test_too_many_edits_and_duplicate_ids_rejected():
     with pytest.raises(ValueError, match="'r0'"):
         sample_sequence(recs, n_edits=2, seed=0)
 
+
+@pytest.mark.parametrize("n_edits", [64, 80])
+def test_embedded_demo_yields_long_sequences_of_distinct_records(n_edits):
+    records = load_edit_records(DEMO_DIR / "zsre_demo.json")
+    seq = sample_sequence(records, n_edits=n_edits, seed=0)
+    assert len(seq.records) == n_edits
+    assert len({r.id for r in seq.records}) == n_edits
+    assert len({r.subject for r in seq.records}) == n_edits
+    assert [r.id for r in sample_sequence(records, n_edits=n_edits, seed=0).records] == [r.id for r in seq.records]

@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerFast
 
 from editharm.core.records import EditRecord
 from editharm.evaluation.edits import base_argmax, edit_metrics
-from editharm.evaluation.general import evaluate_task
+from editharm.evaluation.general import decoding_key, evaluate_task
+from editharm.evaluation.predcache import EMPTY_DELTA, PredictionCache, item_key
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -131,6 +132,19 @@ def test_evaluate_task_rejects_unknown_scoring(successor):
         evaluate_task(model, tok, FakeTask("t", "vote"), [FakeItem("a", {"a": "w1", "b": "w2"}, "", "")], batch_size=1)
 
 
+def test_outputs_cached_under_the_old_stop_rule_are_decoded_again(successor, tmp_path):
+    model, tok = successor
+    task = FakeTask("fake_gen", "generate", max_new_tokens=2, stop=["\n"])
+    item = FakeItem("x", {"a": "w3", "b": "w4"}, "w5 w6", "w5 w6")
+    assert decoding_key(task) == {"scoring": "generate", "max_new_tokens": 2, "stop": ["\n"], "stop_rule": "after_text"}
+    cache = PredictionCache(tmp_path, "m").at(EMPTY_DELTA)
+    # An answer that opened with "\n" was cut to "" under the old rule, whose key had no stop_rule.
+    old_key = {"scoring": "generate", "max_new_tokens": 2, "stop": ["\n"]}
+    cache.put(task.name, old_key, {item_key(task.render(item), None): ""})
+    frame, _ = evaluate_task(model, tok, task, [item], batch_size=1, cache=cache)
+    assert frame["raw"].tolist() == ["w5 w6"]
+
+
 def _record(i, **kw):
     base = dict(
         id=str(i), subject="w1", prompt="w1 w2", target_new="w3 w4", ground_truth="w9",
@@ -216,3 +230,37 @@ def test_locality_needs_the_base_side(tiny_llama):
         edit_metrics(model, tok, records, base_predictions=[[1]])
     with pytest.raises(ValueError, match="another tokenizer"):
         edit_metrics(model, tok, records, base_predictions=[[1, 2], []])
+
+
+def test_evaluate_task_bootstraps_its_metric_over_items(successor):
+    from editharm.results.uncertainty import Bootstrap, interval
+
+    model, tok = successor
+    task = FakeTask("fake_choice", "choice", choices=[" w9", " w3"], metric="accuracy")
+    items = [FakeItem(f"i{k}", {"a": "w1", "b": "w2"} if k % 2 else {"a": "w7", "b": "w8"}, " w3", " w3")
+             for k in range(10)]  # odd items right, even items wrong
+    _, metrics = evaluate_task(model, tok, task, items, batch_size=4, bootstrap=Bootstrap(300, seed=0))
+    block = metrics["bootstrap"]
+    assert (block["resamples"], block["seed"], block["key"]) == (300, 0, "fake_choice")
+    reps = block["replicates"]["accuracy"]
+    assert len(reps) == 300 and set(reps) <= {k / 10 for k in range(11)}
+    lo, hi = interval(reps)
+    assert lo < metrics["value"] == 0.5 < hi
+    # The same items under the same seed draw the same resamples: a rerun gives the same replicates.
+    _, again = evaluate_task(model, tok, task, items, batch_size=2, bootstrap=Bootstrap(300, seed=0))
+    assert again["bootstrap"] == block
+
+
+def test_edit_metrics_bootstrap_each_summary_over_its_own_records(successor):
+    from editharm.results.uncertainty import Bootstrap
+
+    model, tok = successor
+    records = [_record(0, portability_prompt="w2", portability_answer="w3 w5"), _record(1, target_new="w3 w9")]
+    _, summary = edit_metrics(model, tok, records, latest={"1"}, base_predictions=base_argmax(model, tok, records),
+                              bootstrap=Bootstrap(50, seed=0))
+    reps = summary["bootstrap"]["replicates"]
+    # portability has no value among the latest records: no summary, no replicates
+    assert summary["portability"] is None and "portability" not in reps
+    assert set(reps) == {k for k, v in summary.items() if v is not None and k not in ("n", "bootstrap")}
+    assert set(reps["reliability"]) == {0.5}  # one latest record: every resample is that record
+    assert set(reps["reliability_all"]) <= {0.5, 0.75, 1.0}

@@ -9,6 +9,7 @@ from editharm.evaluation.metrics import (
     detokenize,
     entity_f1,
     exact_match,
+    first_number,
     last_number,
     per_type_recall,
     rouge_mean,
@@ -32,6 +33,12 @@ def test_exact_match_takes_best_reference_after_normalisation():
     assert exact_match("An apple", "apple") == 1.0
 
 
+@pytest.mark.parametrize("prediction, reference", [("", "the"), ("", "!"), ("", ""), ("The.", "a"), ("!", ["x", "?"])])
+def test_empty_prediction_never_matches(prediction, reference):
+    # Both sides normalise to "": before, "" == "" scored these as correct.
+    assert exact_match(prediction, reference) == 0.0
+
+
 @pytest.mark.parametrize(
     "text, number",
     [
@@ -46,9 +53,30 @@ def test_last_number(text, number):
     assert last_number(text) == number
 
 
-def test_solved_compares_last_number_values():
-    assert solved(" 12 apples, so 18 in all", "18") == 1.0
-    assert solved("18 first, then 12", "18") == 0.0
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        (" 18 dollars. Next, 20", "18"),  # the answer comes first; later numbers are rambling
+        ("3-4", "3"),  # a range: the minus after a digit is not a sign
+        ("$1,200.", "1200"),
+        ("-7 degrees", "-7"),
+        ("The answer is 5.", "5"),
+        ("so x-2 is 2.50 then", "2"),  # a minus after a letter is not a sign either
+        ("12.5% of 40", "12.5"),
+        ("1,2,3", "1"),  # commas only as thousands separators
+        ("no digits here", ""),
+    ],
+)
+def test_first_number(text, number):
+    assert first_number(text) == number
+
+
+def test_solved_compares_the_first_number_of_the_prediction():
+    assert solved(" 18 dollars. Next, 20", "18") == 1.0
+    assert solved(" 12 apples, so 18 in all", "18") == 0.0
+    assert solved("3-4", "3") == 1.0 and solved("3-4", "-4") == 0.0
+    assert solved("$1,200.", "1200") == 1.0
+    assert solved("-7 degrees", "-7") == 1.0
     assert solved("18.0", "18") == 1.0
     assert solved("", "18") == 0.0
 
@@ -135,20 +163,46 @@ def test_entity_f1_metric_reads_per_type_items():
     assert agg == pytest.approx(2 * 2 / (2 * 2 + 1))
 
 
-def test_split_entities():
-    assert split_entities(" Peter Blackburn; EU , Bonn.") == ["Peter Blackburn", "EU", "Bonn"]
-    assert split_entities("None") == []
+def test_entity_f1_normalises_gold_and_predicted_surfaces_alike():
+    its = items(["U.S.", "Acme Corp."], entity_type=["Organization"])
+    per, agg = METRICS.get("entity_f1").compute(["U.S., Acme Corp."], its)
+    assert per == [1.0] and agg == 1.0  # was 0.0: "U.S" and "Acme Corp" against "U.S." and "Acme Corp."
+    per, _ = METRICS.get("entity_f1").compute(["u.s, ACME  corp!"], its)
+    assert per == [1.0]
 
 
-def test_per_type_recall_compat():
-    per, agg = per_type_recall(
-        ["Peter Blackburn and the EU", "", "Paris"],
-        [["Peter Blackburn", "Werner Zwingmann"], [], ["Berlin"]],
-        ["Person", "Person", "Location"],
-    )
-    # Person: 1 of 2 found + the empty example counts as found -> 2/3; Location 0/1; mean of types.
-    assert per == [0.5, 1.0, 0.0]
-    assert agg == pytest.approx(1 / 3)
+def test_split_entities_only_splits():
+    assert split_entities(" Peter Blackburn; EU , Bonn.") == ["Peter Blackburn", "EU", "Bonn."]
+    assert split_entities("U.S., Acme Corp.") == ["U.S.", "Acme Corp."]
+    assert split_entities("None") == split_entities("None.") == split_entities(" . , ;") == []
+
+
+def test_per_type_recall_reproduces_the_reference_counting():
+    predictions = [
+        "Peter Blackburn and the EU", "", " John",  # Person
+        "berlin", "Paris",  # Location
+        "",  # Organization
+        " German", " German, British", "",  # Miscellaneous
+    ]
+    gold = [["Peter Blackburn", "Werner Zwingmann"], [], [], ["Berlin"], [], [], [], ["German"], []]
+    types = ["Person"] * 3 + ["Location"] * 2 + ["Organization"] + ["Miscellaneous"] * 3
+    per, agg = per_type_recall(predictions, gold, types)
+    # By hand from the reference: Person 1 of 2 surfaces + 1 (empty generation, no gold); " John" without
+    # gold is skipped -> 2/3. Location: "Berlin" is not a substring of "berlin" (case-sensitive) and
+    # "Paris" without gold is skipped -> 0/1. Organization: empty generation, no gold -> 1/1.
+    # Miscellaneous: " German" without gold is a miss, "German" found, empty without gold found -> 2/3.
+    assert per[:2] == [0.5, 1.0] and math.isnan(per[2])
+    assert per[3] == 0.0 and math.isnan(per[4])
+    assert per[5:] == [1.0, 0.0, 1.0, 1.0]
+    assert agg == pytest.approx((2 / 3 + 0 + 1 + 2 / 3) / 4)
+
+
+def test_per_type_recall_leaves_out_a_type_with_nothing_counted():
+    per, agg = per_type_recall(["Bonn", "Mary"], [["Bonn"], []], ["Location", "Person"])
+    assert per[0] == 1.0 and math.isnan(per[1])
+    assert agg == 1.0  # Person had only a skipped example: no recall, not a division by zero
+    with pytest.raises(ValueError, match="every example was skipped"):
+        per_type_recall(["Mary"], [[]], ["Person"])
 
 
 def test_per_type_recall_ignores_wrong_entities():

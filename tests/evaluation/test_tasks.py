@@ -8,6 +8,7 @@ from editharm.evaluation.tasks.loaders import RecordError
 
 TASK_NAMES = {"gsm8k", "rte", "nq", "boolq", "mutual", "samsum", "conll2003", "sst2"}
 VARIANTS = {"gsm8k_hint_leak": "gsm8k", "conll2003_recall_compat": "conll2003"}
+SPLITS = {"rte_train": "rte"}  # the same task on another split of its dataset
 
 
 def write(path: Path, text: str) -> Path:
@@ -24,7 +25,7 @@ def jsonl(*records) -> str:
 
 
 def test_registry_holds_the_eight_tasks_and_labelled_variants():
-    assert set(TASKS.names()) == TASK_NAMES | set(VARIANTS)
+    assert set(TASKS.names()) == TASK_NAMES | set(VARIANTS) | set(SPLITS)
     for name, base in VARIANTS.items():
         task = TASKS.get(name)
         assert task.variant_of == base
@@ -56,7 +57,7 @@ def test_with_options_overrides_and_validates():
 
 
 def test_supports_choice():
-    assert {n for n in TASKS.names() if TASKS.get(n).supports_choice} == {"rte", "boolq", "mutual", "sst2"}
+    assert {n for n in TASKS.names() if TASKS.get(n).supports_choice} == {"rte", "rte_train", "boolq", "mutual", "sst2"}
 
 
 def test_choice_mode_needs_choices():
@@ -81,6 +82,10 @@ RENDERED = {
         "2 + 3 = 5. Therefore, the answer (arabic numerals) is:",
     ),
     "rte": (
+        {"sentence1": "Cats sleep a lot", "sentence2": "cats rest"},
+        "Cats sleep a lot entails the cats rest. True or False? answer:",
+    ),
+    "rte_train": (
         {"sentence1": "Cats sleep a lot", "sentence2": "cats rest"},
         "Cats sleep a lot entails the cats rest. True or False? answer:",
     ),
@@ -143,10 +148,11 @@ PARSED = [
     ("boolq", " Yes.", "yes"),
     ("mutual", " (B) because a man says so", "B"),
     ("mutual", " a man says so", ""),
-    ("gsm8k", " 3 + 4 = 7, so 7 apples.", "7"),
+    ("gsm8k", " 18 dollars. Next, 20", "18"),  # the prompt ends "is:": the first number is the answer
+    ("gsm8k", "\n3-4 apples", "3"),
     ("nq", "\nAnswer: Paris\nQuestion: who", "Paris"),
     ("samsum", " Ann and Bob will have lunch.", "Ann and Bob will have lunch."),
-    ("conll2003", " Peter Blackburn; EU.\nPlease", "Peter Blackburn, EU"),
+    ("conll2003", " Peter Blackburn; EU.\nPlease", "Peter Blackburn, EU."),  # the metric normalises "EU."
     ("conll2003", " None", ""),
     ("conll2003_recall_compat", " EU, Germany\n", " EU, Germany\n"),
 ]
@@ -166,6 +172,14 @@ def test_score_accepts_choice_strings_and_raw_generations():
     assert task.score(["Negative...", "it is negative"], its) == ([0.0, 1.0], 0.5)
     with pytest.raises(ValueError, match="1 predictions for 2 items"):
         task.score(["x"], its)
+
+
+def test_score_gsm8k_reads_the_first_number():
+    task = TASKS.get("gsm8k")
+    its = [Item(str(i), {}, ref, ref) for i, ref in enumerate(["18", "-4", "1200", "-7"])]
+    per, rate = task.score(["\n18 dollars. Next, 20", "3-4", "$1,200.", "-7 degrees"], its)
+    assert per == [1.0, 0.0, 1.0, 1.0]
+    assert rate == 0.75
 
 
 def test_score_conll_entity_f1():
@@ -208,6 +222,25 @@ def test_rte_loader_verbalises_labels(tmp_path):
     ]
     generate = task.with_options(scoring="generate").load_items(tmp_path)
     assert [it.gold for it in generate] == ["True", "False"]
+
+
+def test_rte_train_is_rte_on_the_train_split(tmp_path):
+    task, base = TASKS.get("rte_train"), TASKS.get("rte")
+    assert (task.variant_of, task.dataset) == ("rte", "rte_train")
+    same = ("prompt", "scoring", "choices", "verbalizer", "max_new_tokens", "stop", "parser", "metric")
+    assert all(getattr(task, key) == getattr(base, key) for key in same)
+    # GLUE's train.tsv has the dev layout; the task reads train.tsv and nothing else
+    write(tmp_path / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tDev.\tDev.\tentailment\n")
+    write(tmp_path / "train.tsv", "index\tsentence1\tsentence2\tlabel\n"
+          "0\tNo Weapons of Mass Destruction Found in Iraq Yet.\tWeapons of Mass Destruction Found in Iraq.\tnot_entailment\n"
+          "1\tA place of sorrow, after Pope John Paul II died.\tPope John Paul II died.\tentailment\n")
+    items = task.with_options(scoring="generate").load_items(tmp_path)
+    assert [(it.id, it.fields["sentence2"], it.reference) for it in items] == [
+        ("0", "Weapons of Mass Destruction Found in Iraq.", "False"), ("1", "Pope John Paul II died.", "True")]
+    assert task.score([" False", " false."], items) == ([1.0, 0.0], 0.5)
+    (tmp_path / "train.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dataset 'rte_train': no file matching 'train.tsv'"):
+        task.load_items(tmp_path)
 
 
 def test_nq_loader(tmp_path):

@@ -1,7 +1,11 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-from editharm.model.generation import choice_scores, greedy_generate, teacher_forced
+from editharm.model.generation import _cut_at_stop, _stop_index, choice_scores, greedy_generate, teacher_forced
 
 # Prompts of very different lengths, so batches need real left padding.
 PROMPTS = [
@@ -150,3 +154,74 @@ def test_prompts_longer_than_the_context_keep_their_end(tiny_gpt2):
     [[score]] = choice_scores(model, tok, [" ".join(words)], [[" Rome is"]])
     [[kept_score]] = choice_scores(model, tok, [" ".join(words[-(limit - 2) :])], [[" Rome is"]])
     assert score == pytest.approx(kept_score, abs=1e-5)
+
+
+# --- stop strings only after the answer text starts ----------------------------------------------
+
+
+class _NoCache:
+    def batch_select_indices(self, index):
+        pass
+
+
+class _BigramLM(torch.nn.Module):
+    """Always predicts `table[previous token]`: a model whose every continuation is known by hand."""
+
+    def __init__(self, table: dict[int, int], vocab_size: int):
+        super().__init__()
+        nxt = torch.arange(vocab_size)
+        for prev, token in table.items():
+            nxt[prev] = token
+        self.register_buffer("next_id", nxt)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
+
+    def forward(self, input_ids, logits_to_keep=0, **_):
+        logits = 10.0 * torch.nn.functional.one_hot(self.next_id[input_ids], len(self.next_id)).float()
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return SimpleNamespace(logits=logits, past_key_values=_NoCache())
+
+
+@pytest.fixture
+def newline_first():
+    """(model, tokenizer): after "go" the model says "\\n", then "Paris", then "\\n" again, and so on."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "\n": 3, "go": 4, "Paris": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", padding_side="left"
+    )
+    return _BigramLM({4: 3, 3: 5, 5: 3}, len(vocab)), tok
+
+
+def test_leading_newline_does_not_trigger_the_stop(newline_first):
+    model, tok = newline_first
+    assert tok.decode([3, 5, 3, 5]) == "\n Paris \n Paris"  # what the model says unstopped
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        [text] = greedy_generate(model, tok, ["go"], max_new_tokens=8, stop=["\n"], progress=False)
+    finally:
+        handle.remove()
+    # Kept: the leading "\n" (parsers strip it) and the answer; cut at the "\n" after the answer.
+    assert text == "\n Paris "
+    assert len(calls) == 3  # decoding ended with the second "\n", not the first
+    # Only whitespace so far: no stop counts, decoding runs to the token limit.
+    assert greedy_generate(model, tok, ["go"], max_new_tokens=1, stop=["\n"], progress=False) == ["\n"]
+
+
+@pytest.mark.parametrize(
+    "text, cut",
+    [
+        ("\nParis\nRome", "\nParis"),  # the leading "\n" is before the answer
+        ("  \n \n", "  \n \n"),  # whitespace only: nothing to cut yet
+        ("Paris\nRome", "Paris"),
+        ("\n\nParis\n\nRome", "\n\nParis"),  # a multi-character stop in the leading whitespace
+        ("Q: x Q: y", "Q: x "),  # a stop starting at the first character of the answer does not count
+        ("", ""),
+    ],
+)
+def test_cut_at_stop_only_after_first_non_whitespace(text, cut):
+    stop = ["\n\n", "\n"] if "\n" in text else ["Q:"]
+    assert _cut_at_stop(text, stop) == cut
+    assert (_stop_index(text, stop) is not None) == (cut != text)

@@ -56,7 +56,9 @@ def files(tmp_path):
 def test_table_is_tidy_with_configs_and_primary_flags(files, tmp_path):
     table = aggregate(files, tmp_path / "out")
     assert list(table.columns) == ["model", "method", "reg", "config", "setting", "seq", "step", "edits", "task", "metric",
-                                   "value", "primary", "kind", "n", "scoring", "demo"]
+                                   "value", "primary", "kind", "n", "scoring", "demo",
+                                   "lo", "hi", "delta", "delta_lo", "delta_hi", "significant"]
+    assert table["lo"].isna().all() and not table["significant"].any()  # no replicates in these records
     assert len(table) == 12 + 4 * 3 + 4  # single-metric general rows, editing files x 3, samsum x 4
     assert set(table["config"]) == {"rome", "rome+rect20"}
     samsum = table[table["task"] == "samsum"].set_index("metric")

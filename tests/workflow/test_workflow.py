@@ -60,9 +60,13 @@ def test_default_grid_dry_run_job_counts(tmp_path):
         # one job per (configuration, task) covers every checkpoint step of the setting
         f"evaluate_{setting}": configs * tasks,
         f"evaluate_edits_{setting}": configs,
+        # held-out perplexity: the texts once, the unedited model once, one job per configuration
+        "make_heldout": 1,
+        "evaluate_perplexity_base": 1,
+        f"evaluate_perplexity_{setting}": configs,
         "aggregate_metrics": 1,
         "build_report": 1,
-        "total": 16 + 2 * configs + tasks + configs * (tasks + 1),
+        "total": 18 + 2 * configs + tasks + configs * (tasks + 2),
     }
 
 

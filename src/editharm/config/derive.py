@@ -61,6 +61,12 @@ def task_options(cfg: dict, task: str) -> dict:
     }
 
 
+def bootstrap_options(cfg: dict) -> dict | None:
+    """`--bootstrap` of the evaluation jobs: resamples under the run's seed (None: intervals off)."""
+    resamples = cfg["evaluation"]["bootstrap"]["resamples"]
+    return {"resamples": resamples, "seed": cfg["seed"]} if resamples else None
+
+
 def lmeval_args(cfg: dict) -> list[str]:
     """`editharm lm-eval` options from evaluation.lm_eval and the run's seed; [] when the probes are off."""
     spec = cfg["evaluation"]["lm_eval"]
@@ -71,6 +77,37 @@ def lmeval_args(cfg: dict) -> list[str]:
         if spec[key] is not None:
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
     return args
+
+
+def perplexity_probe(cfg: dict) -> dict | None:
+    """The held-out perplexity probe's resolved options, None when it is off: `texts`, `max_tokens`,
+    and the `corpus` source its texts come from (probes.perplexity.corpus, else the statistics corpus)
+    with that source's `sha256`."""
+    spec = cfg["probes"]["perplexity"]
+    if not spec or not spec["texts"]:
+        return None
+    if spec["corpus"]:
+        corpus, sha256 = spec["corpus"], spec["sha256"]
+    else:
+        corpus, sha256 = cfg["stats"].get("corpus"), cfg["stats"].get("sha256")
+    return {"texts": spec["texts"], "max_tokens": spec["max_tokens"], "corpus": corpus, "sha256": sha256}
+
+
+def heldout_args(cfg: dict) -> list[str]:
+    """`editharm make-heldout` options for the probe's texts; [] when the probe is off."""
+    probe = perplexity_probe(cfg)
+    if probe is None:
+        return []
+    sha256 = ["--sha256", probe["sha256"]] if probe["sha256"] else []
+    return ["--source", probe["corpus"], "--n", str(probe["texts"]), *sha256]
+
+
+def perplexity_args(cfg: dict) -> list[str]:
+    """`editharm perplexity` options besides the checkpoints and outputs; [] when the probe is off."""
+    probe = perplexity_probe(cfg)
+    if probe is None:
+        return []
+    return ["--max-tokens", str(probe["max_tokens"]), "--batch-size", str(cfg["evaluation"]["batch_size"])]
 
 
 def eval_steps(cfg: dict) -> list[int]:

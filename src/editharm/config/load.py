@@ -14,6 +14,7 @@ import yaml
 
 from editharm.config.derive import (
     method_hparams,
+    perplexity_probe,
     regularizer_params,
     setting_methods,
     setting_steps,
@@ -140,6 +141,10 @@ def _check_names(cfg: dict, source: str) -> None:
                 "allowed: generate"
             )
     _check_lm_eval(cfg["evaluation"]["lm_eval"], source)
+    probe = perplexity_probe(cfg)
+    if probe and not probe["corpus"]:
+        raise ParamsError(f"{source}: key 'probes.perplexity.corpus' is null and 'stats.corpus' is not set; "
+                          "allowed: a corpus source (pypi:, local:, hf:), or set stats.corpus")
     for label, spec in cfg["methods"].items():
         _registered(METHODS, "methods", label, spec, source)
         for model in cfg["models"]:

@@ -82,6 +82,13 @@ for _spec in (
                 "GLUE / PASCAL RTE challenge terms (no open licence stated; research use)",
                 f"Dagan et al. 2006 and later RTE challenges; {_GLUE_BY}",
                 real="hf:nyu-mll/glue@main#rte/validation-*.parquet", convert=releaseformat.rte_from_parquet),
+    # The RECT paper's NLI numbers are on this split (2,490 pairs): the item count in its released
+    # scorer (2,489 unparseable answers = all of them) fits train, not dev (277) or test (3,000).
+    DatasetSpec("rte_train", "RTE (GLUE) train", ("train.tsv",), "",
+                "GLUE / PASCAL RTE challenge terms (no open licence stated; research use)",
+                f"Dagan et al. 2006 and later RTE challenges; {_GLUE_BY}; the train split, which Gu et al. 2024 "
+                "(RECT) evaluate NLI on",
+                real="hf:nyu-mll/glue@main#rte/train-*.parquet", convert=releaseformat.rte_train_from_parquet),
     DatasetSpec("nq", "Natural Questions (NQ-open test) with gold passages", ("test.jsonl",), "nq",
                 "CC BY-SA 3.0 (Natural Questions; the passages are Wikipedia text, CC BY-SA); "
                 "Lost in the Middle data release: MIT",

@@ -1,10 +1,10 @@
 """Conversions from the files a real source serves to the original release layout the loaders read.
 
 The Hub serves GLUE, BoolQ, GSM8K and SAMSum as parquet, and NQ's passages come as gzipped
-JSON lines; each converter writes the dataset's original files (GLUE dev.tsv, BoolQ dev.jsonl,
-GSM8K test.jsonl, SAMSum test.json, NQ test.jsonl with passages) so that one reader per dataset
-serves the demo, `local:` copies of the original release, and every real source alike. Rows that
-do not fit fail with file and row.
+JSON lines; each converter writes the dataset's original files (GLUE dev.tsv or train.tsv, BoolQ
+dev.jsonl, GSM8K test.jsonl, SAMSum test.json, NQ test.jsonl with passages) so that one reader per
+dataset serves the demo, `local:` copies of the original release, and every real source alike. Rows
+that do not fit fail with file and row.
 """
 from __future__ import annotations
 
@@ -58,13 +58,23 @@ def gsm8k_from_parquet(paths: Sequence[Path], dest: Path) -> None:
 RTE_NAMES = ("entailment", "not_entailment")  # the Hub's class label order for glue/rte
 
 
-def rte_from_parquet(paths: Sequence[Path], dest: Path) -> None:
-    """nyu-mll/glue rte/validation-*.parquet (sentence1, sentence2, label, idx) -> GLUE dev.tsv."""
+def _rte_tsv(paths: Sequence[Path], dest: Path) -> None:
+    """nyu-mll/glue rte/<split>-*.parquet (sentence1, sentence2, label, idx) -> the GLUE tsv `dest`."""
     lines = ["index\tsentence1\tsentence2\tlabel"]
     for where, row in _parquet_rows(paths, ("idx", "sentence1", "sentence2", "label")):
         cells = [_tsv_cell(row[c], c, where) for c in ("sentence1", "sentence2")]
         lines.append("\t".join([str(row["idx"]), *cells, _label(row["label"], RTE_NAMES, where)]))
-    (dest / "dev.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def rte_from_parquet(paths: Sequence[Path], dest: Path) -> None:
+    """nyu-mll/glue rte/validation-*.parquet -> GLUE dev.tsv."""
+    _rte_tsv(paths, dest / "dev.tsv")
+
+
+def rte_train_from_parquet(paths: Sequence[Path], dest: Path) -> None:
+    """nyu-mll/glue rte/train-*.parquet -> GLUE train.tsv."""
+    _rte_tsv(paths, dest / "train.tsv")
 
 
 def sst2_from_parquet(paths: Sequence[Path], dest: Path) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 from editharm.core.records import EditRecord
 from editharm.evaluation.metrics import ngram_entropy
 from editharm.model.generation import greedy_generate, teacher_forced
+from editharm.results.uncertainty import Bootstrap, mean_combine, present_stats
 
 EDIT_METRICS = ("reliability", "generalization", "locality", "portability")
 # Measured on the latest edits only: a generation per prompt is the expensive part.
@@ -52,6 +53,7 @@ def edit_metrics(
     base_predictions: list[list[int]] | None = None,
     batch_size: int = 8,
     fluency_tokens: int = 0,
+    bootstrap: Bootstrap | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Per-record metrics (columns id, latest, the EDIT_METRICS, fluency) and their means.
 
@@ -60,6 +62,8 @@ def edit_metrics(
     latest records when `fluency_tokens` > 0 (greedy tokens generated per prompt), and "n".
     `base_predictions` is `base_argmax` of the unedited model on the same records; without
     it locality is NaN per record and None in the summary (it cannot be measured).
+    With `bootstrap`, the summary's "bootstrap" holds each metric on every resample of its
+    records (the latest ones, or all for `_all`); records without a value are left out of a mean.
     """
     latest = {r.id for r in records} if latest is None else set(latest)
     unknown = latest - {r.id for r in records}
@@ -97,8 +101,26 @@ def edit_metrics(
         summary[f"{m}_all"] = _mean(columns[m])
     if fluency_tokens > 0:
         summary[FLUENCY] = _mean(columns[FLUENCY])
+    if bootstrap is not None:
+        summary["bootstrap"] = _replicates(bootstrap, records, is_latest, columns, summary)
     summary["n"] = len(records)
     return frame, summary
+
+
+def _replicates(bootstrap: Bootstrap, records: Sequence[EditRecord], is_latest: list[bool],
+                columns: dict[str, list[float]], summary: dict[str, Any]) -> dict[str, Any]:
+    all_ids = [r.id for r in records]
+    latest = [i for i, flag in enumerate(is_latest) if flag]
+    reps = {}
+    for name, value in summary.items():
+        if value is None:
+            continue
+        metric, _, scope = name.partition("_")
+        rows = range(len(records)) if scope == "all" else latest
+        values = [columns[metric][i] for i in rows]
+        reps[name] = bootstrap.replicates(f"editing/{scope or 'latest'}", [all_ids[i] for i in rows],
+                                          present_stats(values), mean_combine)
+    return bootstrap.block("editing", all_ids, reps)
 
 
 def _accuracy(model, tok, pairs: list[tuple[str, str]], batch_size: int) -> list[float]:

@@ -8,16 +8,20 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from editharm.evaluation.metrics import METRICS
 from editharm.evaluation.predcache import CheckpointCache, item_key
 from editharm.model.generation import choice_scores, greedy_generate
+from editharm.results.uncertainty import Bootstrap
 
 log = logging.getLogger(__name__)
 
 def evaluate_task(
-    model, tok, task, items: Sequence[Any], *, batch_size: int = 8, cache: CheckpointCache | None = None
+    model, tok, task, items: Sequence[Any], *, batch_size: int = 8, cache: CheckpointCache | None = None,
+    bootstrap: Bootstrap | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Run `task` on `items`: one row per item (id, prompt, prediction, reference, score,
-    raw) and the aggregate {"task", "metric", "value", "n", "scoring"}.
+    raw) and the aggregate {"task", "metric", "value", "n", "scoring"}, plus "bootstrap" (the
+    metric on each resample of the items, `Bootstrap.block`) when `bootstrap` is given.
 
     `raw` is what the model produced before it became a prediction: the generated text in
     generate mode, the JSON map choice -> summed log-prob in choice mode. With a `cache` (the
@@ -54,6 +58,10 @@ def evaluate_task(
     metrics = {
         "task": task.name, "metric": task.metric, "value": float(value), "n": len(items), "scoring": task.scoring
     }
+    if bootstrap is not None:
+        metric = METRICS.get(task.metric)
+        reps = metric.replicates(bootstrap, task.name, [task.parse(p) for p in predictions], items, per_item)
+        metrics["bootstrap"] = bootstrap.block(task.name, [item.id for item in items], {task.metric: reps})
     log.info("%s: %s = %.4f over %d items", task.name, task.metric, value, len(items))
     return frame, metrics
 
@@ -61,7 +69,12 @@ def evaluate_task(
 def decoding_key(task) -> dict[str, Any]:
     """What, besides the prompt and the weights, decides a task's raw output (the cache key's task part)."""
     if task.scoring == "generate":
-        return {"scoring": "generate", "max_new_tokens": task.max_new_tokens, "stop": list(task.stop)}
+        # stop_rule names how stop strings apply (greedy_generate: only after the answer text
+        # starts); outputs cached under an earlier rule are not reused.
+        return {
+            "scoring": "generate", "max_new_tokens": task.max_new_tokens, "stop": list(task.stop),
+            "stop_rule": "after_text",
+        }
     if task.scoring == "choice":
         return {"scoring": "choice"}  # the choices are part of each item's key
     raise ValueError(f"task {task.name!r}: unknown scoring {task.scoring!r}; allowed: generate, choice")

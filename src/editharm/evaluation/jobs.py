@@ -1,5 +1,5 @@
-"""The evaluation rules' jobs: a general task, the editing metrics, or lm-evaluation-harness probes on
-every checkpoint of a configuration, on one loaded base model."""
+"""The evaluation rules' jobs: a general task, the editing metrics, held-out perplexity or
+lm-evaluation-harness probes on every checkpoint of a configuration, on one loaded base model."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,13 @@ from editharm.data.sequences import read_sequence
 from editharm.evaluation import checkpoints
 from editharm.evaluation.edits import base_argmax, edit_metrics
 from editharm.evaluation.general import evaluate_task as _evaluate_task
+from editharm.evaluation.perplexity import read_heldout, score_heldout
+from editharm.evaluation.perplexity import replicates as heldout_replicates
 from editharm.evaluation.predcache import PredictionCache, delta_key, model_key
 from editharm.evaluation.tasks import TASKS
 from editharm.model.loading import load_model, setup_torch
-from editharm.results.records import EDITING_TASK, write_metrics
+from editharm.results.records import EDITING_TASK, PERPLEXITY_TASK, write_metrics
+from editharm.results.uncertainty import Bootstrap
 
 log = logging.getLogger("editharm")
 
@@ -31,9 +34,10 @@ def _outputs(deltas: Sequence[Path], out_predictions: Sequence[Path], out_metric
 
 def evaluate_task(model: Path, task: str, data: Path, options: dict[str, Any], labels: dict[str, Any],
                   cache: Optional[Path], delta: list[Path], out_predictions: list[Path], out_metrics: list[Path],
-                  device: str, dtype: str, threads: Optional[int]) -> None:
+                  device: str, dtype: str, threads: Optional[int], bootstrap: Optional[dict] = None) -> None:
     """One task on every given checkpoint."""
     _outputs(delta, out_predictions, out_metrics)
+    resampler = Bootstrap.from_options(bootstrap)
     spec = TASKS.get(task).with_options(**{k: v for k, v in options.items() if k in ("scoring", "max_new_tokens")})
     items = spec.load_items(data, limit=options.get("limit"))
     torch_device = setup_torch(device, threads)
@@ -42,20 +46,23 @@ def evaluate_task(model: Path, task: str, data: Path, options: dict[str, Any], l
     for ckpt, preds_path, metrics_path in zip(checkpoints.on_model(lm, checkpoints.loaded(delta)),
                                               out_predictions, out_metrics):
         df, metrics = _evaluate_task(lm, tok, spec, items, batch_size=options.get("batch_size", 8),
-                                     cache=predictions.at(delta_key(ckpt.path)) if predictions else None)
+                                     cache=predictions.at(delta_key(ckpt.path)) if predictions else None,
+                                     bootstrap=resampler)
         write_parquet(preds_path, df)
         write_metrics(metrics_path, {**ckpt.labels(labels), "task": spec.name,
                                      "metrics": {metrics["metric"]: metrics["value"]},
-                                     "n": metrics["n"], "scoring": metrics["scoring"]})
+                                     "n": metrics["n"], "scoring": metrics["scoring"],
+                                     "bootstrap": metrics.get("bootstrap")})
 
 
 def evaluate_edits(model: Path, sequence: Path, labels: dict[str, Any], fluency_tokens: int, delta: list[Path],
                    out_predictions: list[Path], out_metrics: list[Path],
-                   device: str, dtype: str, threads: Optional[int]) -> None:
+                   device: str, dtype: str, threads: Optional[int], bootstrap: Optional[dict] = None) -> None:
     """Editing metrics of every given checkpoint of one sequence."""
     if not delta:
         raise ValueError("evaluate-edits needs --delta: editing metrics belong to an edited checkpoint")
     _outputs(delta, out_predictions, out_metrics)
+    resampler = Bootstrap.from_options(bootstrap)
     by_id = {r.id: r for r in read_sequence(sequence).records}
     ckpts = [checkpoints.load(path) for path in delta]
     for ckpt in ckpts:
@@ -69,11 +76,14 @@ def evaluate_edits(model: Path, sequence: Path, labels: dict[str, Any], fluency_
     for ckpt, preds_path, metrics_path in zip(checkpoints.on_model(lm, ckpts), out_predictions, out_metrics):
         records = [by_id[i] for i in ckpt.meta["record_ids"]]
         df, metrics = edit_metrics(lm, tok, records, latest=set(ckpt.meta["latest_ids"]),
-                                   base_predictions=[base[r.id] for r in records], fluency_tokens=fluency_tokens)
+                                   base_predictions=[base[r.id] for r in records], fluency_tokens=fluency_tokens,
+                                   bootstrap=resampler)
         write_parquet(preds_path, df)
-        scores = {k: v for k, v in metrics.items() if k != "n" and v is not None}  # None: nothing to average
+        # None: nothing to average
+        scores = {k: v for k, v in metrics.items() if k not in ("n", "bootstrap") and v is not None}
         write_metrics(metrics_path, {**ckpt.labels(labels), "task": EDITING_TASK, "metrics": scores,
-                                     "n": len(records), "scoring": "teacher_forced"})
+                                     "n": len(records), "scoring": "teacher_forced",
+                                     "bootstrap": metrics.get("bootstrap")})
         log.info("editing metrics of %d edits at step %s: %s", len(records), ckpt.meta.get("step"),
                  json.dumps(metrics, sort_keys=True))
 
@@ -105,3 +115,23 @@ def lm_eval(model: Path, delta: list[Path], tasks: list[str], limit: Optional[in
                  ", ".join(f"{s.task} {s.primary}={s.metrics[s.primary]:.4f}" for s in scores))
     write_parquet(out_samples, pd.concat(samples, ignore_index=True))
     write_metrics(out_metrics, records)
+
+
+def perplexity(model: Path, texts: Path, max_tokens: int, batch_size: int, labels: dict[str, Any], delta: list[Path],
+               out_predictions: list[Path], out_metrics: list[Path], device: str, dtype: str,
+               threads: Optional[int], bootstrap: Optional[dict] = None) -> None:
+    """Held-out perplexity of every given checkpoint: per text its summed NLL and token count, and
+    one metric record (perplexity, and NLL per token) per checkpoint."""
+    _outputs(delta, out_predictions, out_metrics)
+    resampler = Bootstrap.from_options(bootstrap)
+    ids, heldout = read_heldout(texts)
+    lm, tok = load_model(model, setup_torch(device, threads), dtype)
+    for ckpt, preds_path, metrics_path in zip(checkpoints.on_model(lm, checkpoints.loaded(delta)),
+                                              out_predictions, out_metrics):
+        df, metrics = score_heldout(lm, tok, ids, heldout, batch_size=batch_size, max_tokens=max_tokens)
+        write_parquet(preds_path, df)
+        boot = None if resampler is None else resampler.block(
+            PERPLEXITY_TASK, ids, heldout_replicates(resampler, df))
+        write_metrics(metrics_path, {**ckpt.labels(labels), "task": PERPLEXITY_TASK, "metrics": metrics,
+                                     "primary": "perplexity", "n": len(ids), "scoring": "loglikelihood",
+                                     "bootstrap": boot})

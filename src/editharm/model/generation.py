@@ -16,6 +16,7 @@ way the context is identical for all choices of a prompt, so their scores are co
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -54,6 +55,10 @@ def greedy_generate(
     A row stops at an EOS token (the tokenizer's or the model's generation config's), when
     its decoded text contains a stop string (the text is cut before the first one), or
     after `max_new_tokens` tokens. Finished rows are dropped from the batch and its cache.
+
+    A stop string counts only where it starts after the first non-whitespace character of the
+    continuation: a model that opens its answer with "\n" is not cut to "" by the stop "\n".
+    The leading whitespace stays in the returned text (parsers strip it).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -162,6 +167,40 @@ def teacher_forced(
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
+def text_nll(
+    model,
+    tok,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> list[tuple[float, int]]:
+    """Per text, the summed negative log-likelihood of its tokens and how many tokens were scored.
+
+    A text is its first `max_tokens` tokens (and at most the model's positions), special tokens
+    included as the tokenizer adds them; every token after the first is teacher-forced on the ones
+    before it, so a text of L tokens scores L - 1 (a lone token scores none: (0.0, 0)).
+    """
+    _check_batch_size(batch_size)
+    limit = _max_positions(model) if max_tokens is None else min(max_tokens, _max_positions(model))
+    if limit < 2:
+        raise ValueError(f"max_tokens must be >= 2 (one token of context, one scored), got {max_tokens}")
+    if not texts:
+        return []
+    encoded = [list(ids) for ids in tok(list(texts), truncation=True, max_length=limit)["input_ids"]]
+    results = [(0.0, 0)] * len(texts)
+    order = sorted((i for i, ids in enumerate(encoded) if len(ids) > 1), key=lambda i: -len(encoded[i]))
+    with _scoring_mode(model), tqdm(total=len(order), desc="nll", disable=None if progress else True) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = _forced_batch(model, tok, [encoded[i][:1] for i in rows], [encoded[i][1:] for i in rows])
+            for i, forced in zip(rows, batch):
+                results[i] = (-math.fsum(forced.log_probs), len(forced.target_ids))
+            bar.update(len(rows))
+    return results
+
+
 def _generate_batch(
     model, tok, prompt_ids: list[list[int]], max_new_tokens: int, stop: list[str], eos: set[int]
 ) -> list[str]:
@@ -263,13 +302,22 @@ def _fit_contexts(contexts: list[list[int]], targets: list[list[int]], limit: in
 def _has_stop(tok, ids: list[int], stop: list[str]) -> bool:
     # The whole continuation is decoded: a stop string may span tokens, and decoding a tail
     # alone can split a multi-byte character.
-    text = tok.decode(ids, skip_special_tokens=True)
-    return any(s in text for s in stop)
+    return _stop_index(tok.decode(ids, skip_special_tokens=True), stop) is not None
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:
-    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return text[: min(cuts)] if cuts else text
+    index = _stop_index(text, stop)
+    return text if index is None else text[:index]
+
+
+def _stop_index(text: str, stop: list[str]) -> int | None:
+    """Where the earliest stop string starts, searching only after the first non-whitespace
+    character, so that leading whitespace before the answer never ends it; None if nowhere."""
+    start = len(text) - len(text.lstrip()) + 1
+    if start > len(text):
+        return None  # no answer text yet
+    hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
+    return min(hits) if hits else None
 
 
 def _eos_ids(model, tok) -> set[int]:

@@ -24,8 +24,8 @@ def weight_change(model: Path, deltas: list[Path], thresholds: list[float], bins
     log.info("weight-change statistics of %d matrices over %d checkpoints", stats["param"].nunique(), len(deltas))
 
 
-def aggregate(metrics: list[Path], out_dir: Path, weights: list[Path], heatmaps: list[Path]) -> None:
-    table = _aggregate(metrics, out_dir)
+def aggregate(metrics: list[Path], out_dir: Path, weights: list[Path], heatmaps: list[Path], level: float) -> None:
+    table = _aggregate(metrics, out_dir, level)
     log.info("aggregated %d metric files into %d rows", len(metrics), len(table))
     for name, paths in (("weights", weights), ("heatmaps", heatmaps)):
         if paths:
@@ -33,7 +33,7 @@ def aggregate(metrics: list[Path], out_dir: Path, weights: list[Path], heatmaps:
             log.info("aggregated %d %s files into %d rows", len(paths), name, rows)
 
 
-def build_report(table: Path, context: dict[str, Any], out: Path, weights: Optional[Path],
-                 heatmaps: Optional[Path]) -> None:
-    _build_report(table, out, context=context, weights=weights, heatmaps=heatmaps)
+def build_report(points: Path, context: dict[str, Any], out: Path, weights: Optional[Path],
+                 heatmaps: Optional[Path], level: float) -> None:
+    _build_report(points, out, context=context, weights=weights, heatmaps=heatmaps, level=level)
     log.info("report written to %s", out)

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 EDITING_TASK = "editing"
 LMEVAL_PREFIX = "lmeval:"  # task names of lm-evaluation-harness probes (editharm.evaluation.lmeval)
+# Held-out perplexity (editharm.evaluation.perplexity): a probe of kind "probe", outside the general mean.
+PERPLEXITY_TASK = "perplexity"
 # The unedited model is evaluated once per task under this method name (reg "none", step 0) and
 # shared as step 0 of every edited run.
 BASE_METHOD = "base"
@@ -31,6 +33,10 @@ EDITING_METRICS = (
 # "loglikelihood" and "mixed" come from lm-eval probes: tasks scored by the log-likelihood of a
 # text, and groups whose tasks score in different ways.
 SCORINGS = ("generate", "choice", "teacher_forced", "loglikelihood", "mixed")
+
+
+OPTIONAL_FIELDS = ("primary", "edits", "bootstrap")
+BOOTSTRAP_KEYS = ("resamples", "seed", "key", "items", "replicates")
 
 
 class MetricFileError(ValueError):
@@ -55,10 +61,15 @@ class MetricRecord:
     primary: Optional[str] = None
     # Edits in the model at this checkpoint (editharm.editing.settings.Setting.edits_at); defaults to step.
     edits: Optional[int] = None
+    # Bootstrap replicates of the metrics over items (editharm.results.uncertainty.Bootstrap.block):
+    # {"resamples", "seed", "key", "items" (digest of the item ids), "replicates": {metric: [value | null]}}.
+    bootstrap: Optional[dict] = None
 
     @property
     def kind(self) -> str:
-        return "editing" if self.task == EDITING_TASK else "general"
+        if self.task == EDITING_TASK:
+            return "editing"
+        return "probe" if self.task == PERPLEXITY_TASK else "general"
 
     @property
     def config(self) -> str:
@@ -81,6 +92,10 @@ class MetricRecord:
             )
         if self.primary is not None and self.primary not in self.metrics:
             raise ValueError(f"key 'primary': {self.primary!r} is not one of metrics {sorted(self.metrics)}")
+        if self.bootstrap is not None:
+            unknown = sorted(set(self.bootstrap["replicates"]) - set(self.metrics))
+            if unknown:
+                raise ValueError(f"key 'bootstrap.replicates': {unknown} are not among metrics {sorted(self.metrics)}")
         if self.primary is None and self.kind == "general" and len(self.metrics) != 1:
             raise ValueError(
                 f"key 'primary': required when a general task has several metrics {sorted(self.metrics)}"
@@ -98,7 +113,7 @@ class MetricRecord:
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in d:
-                if f.name in ("primary", "edits"):
+                if f.name in OPTIONAL_FIELDS:
                     continue
                 raise MetricFileError(f"{source}: missing key {f.name!r}")
             values[f.name] = _check(f.name, d[f.name], source)
@@ -136,6 +151,8 @@ def _check(key: str, value: Any, source: str) -> Any:
         if value not in SCORINGS:
             raise bad(f"one of {list(SCORINGS)}")
         return value
+    if key == "bootstrap":
+        return None if value is None else _check_bootstrap(value, source)
     if key == "metrics":
         if not isinstance(value, Mapping) or not value:
             raise bad("a non-empty object of metric name -> number")
@@ -146,6 +163,31 @@ def _check(key: str, value: Any, source: str) -> Any:
             out[name] = float(v)
         return out
     raise AssertionError(f"no check for field {key!r}")
+
+
+def _check_bootstrap(value: Any, source: str) -> dict[str, Any]:
+    def bad(key: str, expected: str, got: Any) -> MetricFileError:
+        return MetricFileError(f"{source}: key 'bootstrap.{key}': expected {expected}, got {got!r}")
+
+    if not isinstance(value, Mapping) or set(value) != set(BOOTSTRAP_KEYS):
+        raise MetricFileError(f"{source}: key 'bootstrap': expected an object with keys {list(BOOTSTRAP_KEYS)}, "
+                              f"got {sorted(value) if isinstance(value, Mapping) else value!r}")
+    for key in ("resamples", "seed"):
+        v = value[key]
+        if isinstance(v, bool) or not isinstance(v, int) or (key == "resamples" and v < 1):
+            raise bad(key, "a positive integer" if key == "resamples" else "an integer", v)
+    for key in ("key", "items"):
+        if not isinstance(value[key], str) or not value[key]:
+            raise bad(key, "a non-empty string", value[key])
+    reps = value["replicates"]
+    if not isinstance(reps, Mapping) or not reps:
+        raise bad("replicates", "a non-empty object of metric name -> list of numbers", reps)
+    for name, values in reps.items():
+        ok = isinstance(values, list) and len(values) == value["resamples"] and all(
+            v is None or (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)) for v in values)
+        if not ok:
+            raise bad(f"replicates.{name}", f"{value['resamples']} finite numbers or nulls", "another value")
+    return {**value, "replicates": {k: [None if v is None else float(v) for v in vs] for k, vs in reps.items()}}
 
 
 def _validated(record: MetricRecord | Mapping[str, Any], source: str) -> dict[str, Any]:

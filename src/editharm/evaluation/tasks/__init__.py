@@ -46,7 +46,7 @@ class Task:
     stop: list[str] = field(default_factory=list)  # generation stops at any of these strings
     loader_args: dict[str, str] = field(default_factory=dict)
     verbalizer: dict[str, str] | None = None  # raw dataset label -> answer word
-    variant_of: str | None = None  # set on compatibility variants of a task
+    variant_of: str | None = None  # the task this one varies (other split or compatibility); not a default task
     description: str = ""
     source: str = field(default="", compare=False, repr=False)  # defining file, for messages
 

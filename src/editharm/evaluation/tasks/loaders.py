@@ -145,8 +145,10 @@ RTE_LABELS = ("entailment", "not_entailment")
 
 
 @_loader("rte", ("sentence1", "sentence2"), labels=RTE_LABELS)
+@_loader("rte_train", ("sentence1", "sentence2"), labels=RTE_LABELS)
 def read_rte(files: Sequence[Path], limit: int | None = None) -> list[Item]:
-    """GLUE RTE tsv: index, sentence1, sentence2, label (entailment | not_entailment)."""
+    """GLUE RTE tsv (dev.tsv, or train.tsv for rte_train): index, sentence1, sentence2, label
+    (entailment | not_entailment)."""
     items = []
     for where, row in _tsv(_single(files), ("index", "sentence1", "sentence2", "label"), limit):
         label = _label(row["label"], RTE_LABELS, where)

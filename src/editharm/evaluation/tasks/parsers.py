@@ -10,7 +10,7 @@ import re
 from typing import Callable, Sequence
 
 from editharm.core.registry import Registry
-from editharm.evaluation.metrics import last_number, split_entities
+from editharm.evaluation.metrics import first_number, split_entities
 
 Parser = Callable[[str, Sequence[str]], str]
 
@@ -45,8 +45,9 @@ def letter(text: str, labels: Sequence[str]) -> str:
 
 @PARSERS.register("number")
 def number(text: str, labels: Sequence[str]) -> str:
-    """The last number in the generation, canonical ("$1,200." -> "1200")."""
-    return last_number(text)
+    """The first number in the generation, canonical ("$1,200." -> "1200", "3-4" -> "3"): the
+    prompt ends "the answer (arabic numerals) is:", so the answer comes first."""
+    return first_number(text)
 
 
 @PARSERS.register("first_line")
