@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
 
+    def checkpoint_opts(sp, items: str):
+        """The base model, its checkpoints and one output pair per checkpoint, with intervals over `items`."""
+        torch_opts(sp)
+        sp.add_argument("--model", type=Path, required=True)
+        sp.add_argument("--delta", type=Path, nargs="*", default=[],
+                        help="dW safetensors, one per checkpoint (none: the base model)")
+        sp.add_argument("--labels", type=_json, required=True,
+                        help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
+        sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
+        sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
+        sp.add_argument("--bootstrap", type=_json, default=None,
+                        help=f'{items} resamples for intervals, e.g. {{"resamples": 1000, "seed": 0}} (default: none)')
+
     add("list", 'editharm.config.jobs:list_names', "print registered methods, regularizers, tasks and source kinds")
 
     sp = add("validate", 'editharm.config.jobs:validate', "validate a params file")
@@ -162,16 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, job, help_ in (("evaluate-task", 'editharm.evaluation.jobs:evaluate_task', "evaluate a checkpoint on a general task"),
                               ("evaluate-edits", 'editharm.evaluation.jobs:evaluate_edits', "editing metrics of a checkpoint")):
         sp = add(name, job, help_)
-        torch_opts(sp)
-        sp.add_argument("--model", type=Path, required=True)
-        sp.add_argument("--delta", type=Path, nargs="*", default=[],
-                        help="dW safetensors, one per checkpoint (none: the base model)")
-        sp.add_argument("--labels", type=_json, required=True,
-                        help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
-        sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
-        sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
-        sp.add_argument("--bootstrap", type=_json, default=None,
-                        help='item resamples for intervals, e.g. {"resamples": 1000, "seed": 0} (default: none)')
+        checkpoint_opts(sp, "item" if name == "evaluate-task" else "edit record")
         if name == "evaluate-task":
             sp.add_argument("--task", required=True)
             sp.add_argument("--data", type=Path, required=True)
@@ -184,19 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="tokens generated per edit prompt for fluency (0: no fluency)")
 
     sp = add("perplexity", 'editharm.evaluation.jobs:perplexity', "held-out perplexity of checkpoints")
-    torch_opts(sp)
-    sp.add_argument("--model", type=Path, required=True)
-    sp.add_argument("--delta", type=Path, nargs="*", default=[],
-                    help="dW safetensors, one per checkpoint (none: the base model)")
+    checkpoint_opts(sp, "text")
     sp.add_argument("--texts", type=Path, required=True, help="held-out texts (jsonl of id, text; make-heldout)")
-    sp.add_argument("--bootstrap", type=_json, default=None,
-                    help='text resamples for intervals, e.g. {"resamples": 1000, "seed": 0} (default: none)')
     sp.add_argument("--max-tokens", type=int, default=256, help="tokens per text (its first ones) scored at most")
     sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--labels", type=_json, required=True,
-                    help="model/method/reg/setting/seq labels (step and edits come from each dW file)")
-    sp.add_argument("--out-predictions", type=Path, nargs="+", required=True, help="one per checkpoint")
-    sp.add_argument("--out-metrics", type=Path, nargs="+", required=True, help="one per checkpoint")
 
     sp = add("lm-eval", 'editharm.evaluation.jobs:lm_eval', "score checkpoints on lm-evaluation-harness tasks (extra: editharm[lmeval])")
     torch_opts(sp)

@@ -130,6 +130,42 @@ def test_aggregate_pairs_each_checkpoint_with_the_unedited_model(tmp_path):
     assert start["value"] == pytest.approx(0.8) and start["delta"] == 0 and not start["significant"]
 
 
+def test_summary_carries_intervals_and_paired_changes(tmp_path):
+    import json
+
+    base = np.array([1.0] * 40 + [0.0] * 10)
+    dropped = base.copy()
+    dropped[:20] = 0.0
+    boot = Bootstrap(400, seed=0)
+    texts = [f"t{i}" for i in range(30)]
+
+    def ppl(method, step, nll):
+        nll = np.asarray(nll, dtype=float)
+        reps = boot.replicates("perplexity", texts, np.stack([nll, np.full(30, 10.0)], axis=1),
+                               lambda sums, n: np.exp(sums[:, 0] / sums[:, 1]))
+        return dict(model="tiny", method=method, reg="none", setting="base" if method == "base" else "instance_sequential",
+                    seq=0, step=step, task="perplexity", metrics={"perplexity": float(np.exp(nll.sum() / 300))},
+                    primary="perplexity", n=30, scoring="loglikelihood", demo=False,
+                    bootstrap=boot.block("perplexity", texts, {"perplexity": reps}))
+
+    nll = np.linspace(20, 40, 30)
+    recs = [_record("base", 0, base), _record("rome", 4, dropped), ppl("base", 0, nll), ppl("rome", 4, nll + 5)]
+    files = []
+    for i, rec in enumerate(recs):
+        files.append(tmp_path / f"{i}.json")
+        write_metrics(files[-1], rec)
+    aggregate(files, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["tiny"]
+    assert summary["base"]["mean_general"] == pytest.approx(0.8)
+    assert summary["base"]["mean_general_lo"] < 0.8 < summary["base"]["mean_general_hi"]
+    assert summary["base"]["perplexity"] == pytest.approx(np.exp(nll.sum() / 300))
+    rome = summary["settings"]["instance_sequential"]["rome"]
+    assert rome["mean_general_delta"] == pytest.approx(-0.4) and rome["mean_general_significant"] is True
+    # every text's NLL rose by 5 over 10 tokens: perplexity exactly e^0.5 times the unedited one, in every resample
+    assert rome["perplexity"] == pytest.approx(summary["base"]["perplexity"] * math.exp(0.5))
+    assert rome["perplexity_delta_lo"] > 0 and rome["perplexity_significant"] is True
+
+
 def test_points_pool_sequences_replicate_by_replicate(tmp_path):
     base = np.array([1.0] * 30 + [0.0] * 20)
     seq0, seq1 = base.copy(), base.copy()

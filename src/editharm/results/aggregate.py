@@ -21,6 +21,7 @@ from editharm.results.records import (
     BASE_METHOD,
     EDITING_METRICS,
     EDITING_TASK,
+    PERPLEXITY_TASK,
     LMEVAL_PREFIX,
     MetricFileError,
     MetricRecord,
@@ -211,7 +212,8 @@ def summarize(table: pd.DataFrame, pts: pd.DataFrame | None = None) -> dict[str,
     """The DVC metrics summary: per model the unedited (step 0) mean general ability, and per
     setting and edited config the values at the last step, averaged over sequences. With the points
     table, each value also carries its interval ("<name>_lo", "<name>_hi") and mean general ability
-    its paired difference to the unedited model ("delta", "delta_lo", "delta_hi", "significant")."""
+    and held-out perplexity their paired difference to the unedited model ("<name>_delta", "_delta_lo",
+    "_delta_hi", "<name>_significant")."""
     general = general_means(table)
     editing = editing_means(table)
     summary: dict[str, Any] = {}
@@ -222,7 +224,11 @@ def summarize(table: pd.DataFrame, pts: pd.DataFrame | None = None) -> dict[str,
         entry: dict[str, Any] = {"settings": {}}
         if len(per_task):
             entry["base"] = {"mean_general": float(per_task.mean()), "n_tasks": int(len(per_task))}
-            entry["base"].update(_point_interval(pts, model, BASE_METHOD, "base", 0, MEAN_GENERAL, "mean_general"))
+            entry["base"].update(_point_interval(pts, model, None, None, 0, MEAN_GENERAL, MEAN_GENERAL))
+        probe = runs[(runs["task"] == PERPLEXITY_TASK) & (runs["metric"] == PERPLEXITY_TASK) & (runs["step"] == 0)]
+        if len(probe):
+            entry.setdefault("base", {})[PERPLEXITY_TASK] = float(probe["value"].iloc[0])
+            entry["base"].update(_point_interval(pts, model, None, None, 0, PERPLEXITY_TASK, PERPLEXITY_TASK))
         edited = runs[runs["method"] != BASE_METHOD]
         for (setting, config), run in edited.groupby(["setting", "config"], sort=True):
             last = int(run["step"].max())
@@ -232,7 +238,12 @@ def summarize(table: pd.DataFrame, pts: pd.DataFrame | None = None) -> dict[str,
             if len(g):
                 final["mean_general"] = float(g["mean_general"].mean())
                 final["n_tasks"] = int(g["n_tasks"].max())
-                final.update(_point_interval(pts, model, config, setting, last, MEAN_GENERAL, "mean_general",
+                final.update(_point_interval(pts, model, config, setting, last, MEAN_GENERAL, MEAN_GENERAL,
+                                             paired=True))
+            probe = run[(run["task"] == PERPLEXITY_TASK) & (run["metric"] == PERPLEXITY_TASK) & (run["step"] == last)]
+            if len(probe):
+                final[PERPLEXITY_TASK] = float(probe["value"].mean())
+                final.update(_point_interval(pts, model, config, setting, last, PERPLEXITY_TASK, PERPLEXITY_TASK,
                                              paired=True))
             e = editing[(editing["model"] == model) & (editing["setting"] == setting)
                         & (editing["config"] == config) & (editing["step"] == last)]
@@ -245,19 +256,22 @@ def summarize(table: pd.DataFrame, pts: pd.DataFrame | None = None) -> dict[str,
     return summary
 
 
-def _point_interval(pts: pd.DataFrame | None, model: str, config: str, setting: str, step: int, task: str,
-                    metric: str, paired: bool = False) -> dict[str, Any]:
+def _point_interval(pts: pd.DataFrame | None, model: str, config: str | None, setting: str | None, step: int,
+                    task: str, metric: str, paired: bool = False) -> dict[str, Any]:
+    """`<metric>_lo`/`_hi` of a point, and with `paired` its `<metric>_delta`(`_lo`, `_hi`) and
+    `<metric>_significant`. config and setting None: the unedited model (any configuration's step 0)."""
     if pts is None:
         return {}
-    match = pts[(pts["model"] == model) & (pts["config"] == config) & (pts["setting"] == setting)
-                & (pts["step"] == step) & (pts["task"] == task) & (pts["metric"] == metric)]
-    if len(match) != 1 or np.isnan(match["lo"].iloc[0]):
+    match = pts[(pts["model"] == model) & (pts["step"] == step) & (pts["task"] == task) & (pts["metric"] == metric)]
+    if config is not None:
+        match = match[(match["config"] == config) & (match["setting"] == setting)]
+    if match.empty or np.isnan(match["lo"].iloc[0]):
         return {}
     row = match.iloc[0]
     out = {f"{metric}_lo": float(row["lo"]), f"{metric}_hi": float(row["hi"])}
     if paired and not np.isnan(row["delta_lo"]):
-        out.update(delta=float(row["delta"]), delta_lo=float(row["delta_lo"]), delta_hi=float(row["delta_hi"]),
-                   significant=bool(row["significant"]))
+        out.update({f"{metric}_delta": float(row["delta"]), f"{metric}_delta_lo": float(row["delta_lo"]),
+                    f"{metric}_delta_hi": float(row["delta_hi"]), f"{metric}_significant": bool(row["significant"])})
     return out
 
 
