@@ -1,17 +1,34 @@
-"""Shared fixtures: tiny random GPT-2 and Llama models with a small word-level tokenizer, built offline
-(the builders live in helpers.py, which tests import directly)."""
+"""Shared fixtures: tiny random GPT-2 and Llama models with a small word-level tokenizer (and with subword
+tokenizers over the same words), built offline (the builders live in helpers.py, which tests import directly)."""
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import INIT, REWRITE_MODULES, WORDS, finish_model, make_tokenizer
+from helpers import (
+    INIT,
+    REWRITE_MODULES,
+    WORDS,
+    finish_model,
+    make_bytelevel_tokenizer,
+    make_sentencepiece_tokenizer,
+    make_tokenizer,
+)
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 @pytest.fixture
 def tiny_gpt2():
     """(model, tokenizer): 3-layer GPT-2 (Conv1D MLPs), hidden 64, seeded; no BOS token added."""
-    tok = make_tokenizer(add_bos=False)
+    return gpt2_for(make_tokenizer(add_bos=False))
+
+
+@pytest.fixture
+def tiny_gpt2_bytelevel():
+    """tiny_gpt2 with a GPT-2-style byte-level BPE tokenizer (as SmolLM2's)."""
+    return gpt2_for(make_bytelevel_tokenizer())
+
+
+def gpt2_for(tok):
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=3, n_head=4,
@@ -24,7 +41,16 @@ def tiny_gpt2():
 @pytest.fixture
 def tiny_llama():
     """(model, tokenizer): 3-layer Llama (Linear gated MLPs, GQA, tied embeddings), hidden 64, seeded; BOS added."""
-    tok = make_tokenizer(add_bos=True)
+    return llama_for(make_tokenizer(add_bos=True))
+
+
+@pytest.fixture
+def tiny_llama_sentencepiece():
+    """tiny_llama with a tokenizer shaped like Llama-2's (a "▁" prepended to every text; see helpers)."""
+    return llama_for(make_sentencepiece_tokenizer())
+
+
+def llama_for(tok):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -66,4 +92,10 @@ def tiny_texts() -> list[str]:
 @pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
 def model_tok(request):
     """Each tiny model in turn: Conv1D (GPT-2) and Linear gated-MLP (Llama) layouts."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["tiny_gpt2_bytelevel", "tiny_llama_sentencepiece"])
+def subword_model_tok(request):
+    """Each tiny model with a subword tokenizer: byte-level BPE (GPT-2) and Llama-2-shaped BPE (Llama)."""
     return request.getfixturevalue(request.param)

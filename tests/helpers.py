@@ -1,9 +1,10 @@
-"""Small constructors shared by several test modules: the tiny word-level tokenizer and models' building
-blocks (conftest.py turns them into fixtures), regularizer contexts, edit records, spread hparams."""
+"""Small constructors shared by several test modules: the tiny word-level tokenizer, two subword ones over
+the same words (Llama-2-shaped and byte-level BPE) and models' building blocks (conftest.py turns them into
+fixtures), regularizer contexts, edit records, spread hparams."""
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from editharm.core.records import EditRecord
@@ -53,6 +54,44 @@ def make_tokenizer(*, add_bos: bool) -> PreTrainedTokenizerFast:
     )
     tok.padding_side = "left"
     return tok
+
+
+def _wrap(backend: Tokenizer, **special: str) -> PreTrainedTokenizerFast:
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+    tok.padding_side = "left"
+    return tok
+
+
+def make_sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
+    """BPE over the vocabulary's words shaped like Llama-2's shipped tokenizer.json: a normalizer that
+    prepends "▁" to every text and turns spaces into "▁", no pre-tokenizer, BOS added. As with
+    Llama-2 under transformers 4.x, " Paris" alone encodes as a lone "▁" then "▁Paris"."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    # Training splits at "▁", so no merge spans two words (SentencePiece never merges across one).
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    trainer = trainers.BpeTrainer(vocab_size=4000, special_tokens=SPECIAL, show_progress=False)
+    backend.train_from_iterator([" ".join(WORDS)], trainer)
+    backend.pre_tokenizer = None
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(content=" ", left=1)])
+    return _wrap(backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_bytelevel_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2-style byte-level BPE (as SmolLM2's): spaces are "Ġ" glued to the next word, no BOS."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(
+        [*WORDS, " " + " ".join(WORDS)],
+        trainers.BpeTrainer(vocab_size=4000, special_tokens=SPECIAL, show_progress=False,
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    return _wrap(backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def finish_model(model: torch.nn.Module, tok: PreTrainedTokenizerFast):

@@ -6,7 +6,7 @@ def test_list_prints_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for expected in ("methods:", "rome", "regularizers:", "rect", "tasks:", "sst2", "source kinds:", "pypi",
-                     "embedded", "datasets:", "zsre"):
+                     "embedded", "datasets:", "zsre", "architectures", "gptj", "gpt_neox"):
         assert expected in out
 
 

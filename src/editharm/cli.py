@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--bootstrap", type=_json, default=None,
                         help=f'{items} resamples for intervals, e.g. {{"resamples": 1000, "seed": 0}} (default: none)')
 
-    add("list", 'editharm.config.jobs:list_names', "print registered methods, regularizers, tasks and source kinds")
+    add("list", 'editharm.config.jobs:list_names', "print registered methods, regularizers, tasks, source kinds and model architectures")
 
     sp = add("validate", 'editharm.config.jobs:validate', "validate a params file")
     sp.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -126,11 +126,11 @@ def test_settings_labels_kinds_and_their_keys(default):
 
     valid = validate_params(cfg)
     assert setting_steps(valid, "batch_single") == [0, 2, 4]
-    assert setting_steps(valid, "seq4") == [0, 1, 2]  # of the global steps 0, 1, 2, 4, 8 only 2 batches fit
+    assert setting_steps(valid, "seq4") == [0, 1, 4, 16]  # of the global steps 0, 1, 4, 16, 64, 16 batches fit
     msg = _bad(default, lambda c: c["settings"].update(batch_single={}))
     assert "settings.batch_single" in msg and "batch_sizes" in msg
     msg = _bad(default, lambda c: c["settings"].update(b={"kind": "batch_single", "batch_sizes": [99]}))
-    assert "settings.b" in msg and "1..8" in msg
+    assert "settings.b" in msg and "1..64" in msg
 
 
 def test_a_setting_may_run_only_some_methods(default):
@@ -177,9 +177,9 @@ def test_perplexity_probe_params(default):
     from editharm.config.derive import heldout_args, perplexity_args, perplexity_probe
 
     cfg = validate_params(default)
-    assert perplexity_probe(cfg) == {"texts": 64, "max_tokens": 256, "corpus": default["stats"]["corpus"],
+    assert perplexity_probe(cfg) == {"texts": 32, "max_tokens": 256, "corpus": default["stats"]["corpus"],
                                      "sha256": default["stats"]["sha256"]}  # null corpus: the statistics corpus
-    assert heldout_args(cfg)[:4] == ["--source", default["stats"]["corpus"], "--n", "64"]
+    assert heldout_args(cfg)[:4] == ["--source", default["stats"]["corpus"], "--n", "32"]
     assert perplexity_args(cfg) == ["--max-tokens", "256", "--batch-size", "8"]
     for off in ({"perplexity": None}, {"perplexity": {"texts": 0}}, {}):
         cfg = validate_params({**default, "probes": off})
@@ -197,3 +197,34 @@ def test_bad_perplexity_probe_params_name_the_key(default):
     assert "probes.perplexity.tokens" in msg and "max_tokens" in msg
     msg = _bad(default, lambda c: c["stats"].pop("corpus"))
     assert "probes.perplexity.corpus" in msg and "stats.corpus" in msg
+
+
+def test_unsupported_architecture_fails_at_validation_naming_the_supported(default):
+    msg = _bad(default, lambda c: c["models"]["smollm2-135m"].update(architecture="bert"))
+    assert "models.smollm2-135m.architecture" in msg and "'bert'" in msg and "gptj, llama, mistral" in msg
+
+
+def test_a_local_model_folder_of_an_unsupported_family_fails_at_validation(default, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+    msg = _bad(default, lambda c: c["models"]["smollm2-135m"].update(source=f"local:{tmp_path}"))
+    assert "models.smollm2-135m.source" in msg and "'t5'" in msg and "allowed: gemma" in msg
+
+
+def test_a_preset_without_modules_takes_the_declared_architectures(default, tmp_path, monkeypatch):
+    import editharm.config.derive as derive
+
+    (tmp_path / "rome.yaml").write_text("layer: 5\n")
+    (tmp_path / "mend.yaml").write_text("layers: [5]\n")
+    monkeypatch.setattr(derive, "preset_path", lambda kind, preset: tmp_path / f"{kind}.yaml")
+    cfg = copy.deepcopy(default)
+    cfg["methods"] = {"rome": {}, "mend": {}}
+    with pytest.raises(ValueError, match=r"names no rewrite_module_tmp and models.smollm2-135m.architecture is not "
+                                         r"set; set it \(allowed: gemma"):
+        method_hparams(cfg, "smollm2-135m", "rome")
+    cfg["models"]["smollm2-135m"]["architecture"] = "gptj"
+    assert method_hparams(cfg, "smollm2-135m", "rome")["hparams"]["rewrite_module_tmp"] == "transformer.h.{}.mlp.fc_out"
+    assert method_hparams(cfg, "smollm2-135m", "mend")["hparams"]["rewrite_module_tmps"] == [
+        "transformer.h.{}.mlp.fc_in", "transformer.h.{}.mlp.fc_out"]
+    # a preset's own templates win over the architecture's
+    (tmp_path / "rome.yaml").write_text("layer: 5\nrewrite_module_tmp: transformer.h.{}.mlp.fc_in\n")
+    assert method_hparams(cfg, "smollm2-135m", "rome")["hparams"]["rewrite_module_tmp"] == "transformer.h.{}.mlp.fc_in"

@@ -16,6 +16,7 @@ from editharm.editing.methods.alphaedit import (
     alphaedit_update,
     null_space_projector,
 )
+from editharm.editing.methods.rome import sequence_contexts
 from editharm.model.deltas import applied
 from editharm.model.modules import module_input
 from editharm.model.stats import collect_second_moment
@@ -95,7 +96,7 @@ def test_preserved_outputs_do_not_move_while_the_facts_flip(model_tok, preserved
     model, tok = model_tok
     hp = tiny_hparams(model)
     stats = stats_for(model, tok, hp, preserved)
-    targets = [target_ids(tok, r.target_new)[0] for r in BATCH]
+    targets = [target_ids(tok, r.prompt, r.target_new)[0] for r in BATCH]
     assert all(next_token(model, tok, r.prompt) != t for r, t in zip(BATCH, targets))
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     steps = AlphaEdit.steps(model, tok, BATCH, hp, stats=stats)
@@ -126,6 +127,9 @@ def test_state_accumulates_the_keys_of_earlier_calls(tiny_gpt2, preserved):
     hp = tiny_hparams(model)
     stats = stats_for(model, tok, hp, preserved)
     state: dict = {}
+    # A call outside the sequence, with the sequence's prefixes (those of the unedited model).
+    unprimed: dict = {}
+    sequence_contexts(model, tok, hp.at_layer(hp.layers[-1]), unprimed)
     first = AlphaEdit.steps(model, tok, BATCH[:2], hp, stats=stats, state=state)
     carried = state["alphaedit"]
     assert isinstance(carried, AlphaEditState)
@@ -135,7 +139,7 @@ def test_state_accumulates_the_keys_of_earlier_calls(tiny_gpt2, preserved):
     projectors = dict(carried.projectors)
     with applied(model, {s.name: s.update for s in first}):
         second = AlphaEdit.steps(model, tok, BATCH[2:], hp, stats=stats, state=state)
-        alone = AlphaEdit.steps(model, tok, BATCH[2:], hp, stats=stats)
+        alone = AlphaEdit.steps(model, tok, BATCH[2:], hp, stats=stats, state=unprimed)
     for path, a, b in zip(paths, first, second):
         torch.testing.assert_close(carried.prior_gram[path], a.keys @ a.keys.T + b.keys @ b.keys.T)
         assert carried.projectors[path] is projectors[path]  # computed once per sequence
@@ -227,5 +231,5 @@ def test_tiny_llama_preset_edits_the_tiny_llama(tiny_llama, preserved):
     delta = AlphaEdit.compute_delta(model, tok, BATCH[:2], hp, stats=stats_for(model, tok, hp, preserved))
     with applied(model, delta):
         assert [next_token(model, tok, r.prompt) for r in BATCH[:2]] == [
-            target_ids(tok, r.target_new)[0] for r in BATCH[:2]
+            target_ids(tok, r.prompt, r.target_new)[0] for r in BATCH[:2]
         ]

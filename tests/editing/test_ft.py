@@ -19,6 +19,7 @@ from editharm.editing.methods.ft import (
     make_batch,
     record_losses,
 )
+from editharm.evaluation.edits import edit_metrics
 from editharm.model.deltas import applied
 from editharm.model.modules import get_module
 from editharm.model.tokens import target_ids
@@ -67,7 +68,7 @@ def test_registered():
 @pytest.mark.parametrize("cls", METHOD_CLASSES, ids=lambda c: c.name)
 def test_edit_makes_target_the_argmax(model_tok, cls):
     model, tok = model_tok
-    target = target_ids(tok, FRANCE.target_new)[0]
+    target = target_ids(tok, FRANCE.prompt, FRANCE.target_new)[0]
     before = next_logp(model, tok, FRANCE.prompt)
     assert before.argmax().item() != target
     delta = cls.compute_delta(model, tok, [FRANCE], hparams(cls, model))
@@ -75,6 +76,16 @@ def test_edit_makes_target_the_argmax(model_tok, cls):
         after = next_logp(model, tok, FRANCE.prompt)
     assert after.argmax().item() == target
     assert after[target] > before[target] + 3.0
+
+
+@pytest.mark.parametrize("cls", METHOD_CLASSES, ids=lambda c: c.name)
+def test_subword_edit_trains_the_ids_evaluation_scores(subword_model_tok, cls):
+    # With the Llama-2-shaped tokenizer a lone " Rome" is "▁", "▁Rome"; evaluation reads "▁Rome".
+    model, tok = subword_model_tok
+    assert edit_metrics(model, tok, [FRANCE])[1]["reliability"] == 0.0
+    delta = cls.compute_delta(model, tok, [FRANCE], hparams(cls, model))
+    with applied(model, delta):
+        assert edit_metrics(model, tok, [FRANCE])[1]["reliability"] == 1.0
 
 
 @pytest.mark.parametrize("cls", METHOD_CLASSES, ids=lambda c: c.name)
@@ -99,7 +110,7 @@ def test_ft_m_loss_is_masked_cross_entropy_on_target_tokens(model_tok):
     with torch.no_grad():
         logits = model(**batch.inputs, logits_to_keep=batch.n_logits).logits
     by_hand = torch.stack([
-        -forced_logp(model, tok, r.prompt, target_ids(tok, r.target_new)).mean() for r in records
+        -forced_logp(model, tok, r.prompt, target_ids(tok, r.prompt, r.target_new)).mean() for r in records
     ])
     torch.testing.assert_close(record_losses(logits, batch), by_hand, rtol=1e-4, atol=1e-5)
 
@@ -112,7 +123,7 @@ def test_ft_l_loss_scores_every_target_token_at_the_last_prompt_token(model_tok)
     with torch.no_grad():
         logits = model(**batch.inputs, logits_to_keep=batch.n_logits).logits
     by_hand = torch.stack([
-        -next_logp(model, tok, r.prompt)[target_ids(tok, r.target_new)].mean() for r in records
+        -next_logp(model, tok, r.prompt)[target_ids(tok, r.prompt, r.target_new)].mean() for r in records
     ])
     torch.testing.assert_close(record_losses(logits, batch), by_hand, rtol=1e-4, atol=1e-5)
 
@@ -120,7 +131,7 @@ def test_ft_l_loss_scores_every_target_token_at_the_last_prompt_token(model_tok)
 def test_ft_m_learns_a_multi_token_target(model_tok):
     model, tok = model_tok
     fact = record("The capital city of France", "red apples")
-    target = target_ids(tok, fact.target_new)
+    target = target_ids(tok, fact.prompt, fact.target_new)
     before = forced_logp(model, tok, fact.prompt, target)
     delta = FtM.compute_delta(model, tok, [fact], hparams(FtM, model, norm_constraint=None))
     with applied(model, delta):
@@ -135,7 +146,7 @@ def test_batch_of_three_records_all_move(model_tok, cls, batch_size):
     model, tok = model_tok
     facts = [FRANCE, JOHN, JAPAN]
     hp = hparams(cls, model, batch_size=batch_size)
-    targets = [target_ids(tok, f.target_new)[0] for f in facts]
+    targets = [target_ids(tok, f.prompt, f.target_new)[0] for f in facts]
     before = [next_logp(model, tok, f.prompt)[t].item() for f, t in zip(facts, targets)]
     delta = cls.compute_delta(model, tok, facts, hp)
     with applied(model, delta):

@@ -14,10 +14,12 @@ from editharm.editing.methods import METHODS, kn
 from editharm.editing.methods.kn import (
     Kn,
     KnHparams,
+    alpha_grid,
     coarse_neurons,
     integrated_gradients,
     knowledge_neurons,
     last_token_activations,
+    shared_neurons,
 )
 from editharm.model.deltas import applied
 from editharm.model.modules import get_module
@@ -63,7 +65,7 @@ def prob_with_activation(model, ids: list[int], path: str, value: torch.Tensor, 
 def attribution_inputs(model, tok, hp):
     fact = record(model, tok, "france")
     ids = tok(fact.prompt)["input_ids"]
-    answer = target_ids(tok, fact.ground_truth)[0]
+    answer = target_ids(tok, fact.prompt, fact.ground_truth)[0]
     paths = hp.module_paths(model)
     return ids, answer, paths, last_token_activations(model, ids, paths)
 
@@ -72,17 +74,27 @@ def test_registered():
     assert METHODS.get("kn") is Kn
 
 
-def test_attribution_is_the_riemann_sum_by_hand(model_tok):
+def test_alpha_grid_is_the_references_linspace():
+    # knowledge-neurons' scaled_input: torch.linspace(start=0, end=1, steps=steps), both ends included
+    assert alpha_grid(1).tolist() == [0.0]
+    torch.testing.assert_close(alpha_grid(4), torch.tensor([0 / 3, 1 / 3, 2 / 3, 3 / 3]))
+
+
+@pytest.mark.parametrize("steps, batch_size, grid", [
+    (4, 2, [0 / 3, 1 / 3, 2 / 3, 3 / 3]),  # two cached batches of two scaled copies
+    (1, 1, [0.0]),  # the gradient with the activation zeroed, times the activation
+])
+def test_attribution_is_the_references_sum_by_hand(model_tok, steps, batch_size, grid):
     model, tok = model_tok
-    hp = hparams(model, steps=4, batch_size=2)  # two cached batches of two scaled copies
+    hp = hparams(model, steps=steps, batch_size=batch_size)
     ids, answer, paths, acts = attribution_inputs(model, tok, hp)
     scores = integrated_gradients(model, tok, ids, answer, paths, acts, hp)
     for layer, (path, a) in enumerate(zip(paths, acts)):
         grads = torch.zeros_like(a)
-        for k in range(1, 5):
-            x = (k / 4 * a).requires_grad_(True)
+        for alpha in grid:
+            x = (alpha * a).requires_grad_(True)
             grads += torch.autograd.grad(prob_with_activation(model, ids, path, x, answer), x)[0]
-        torch.testing.assert_close(scores[layer], a * grads / 4, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(scores[layer], a * grads / steps, rtol=1e-4, atol=1e-7)
     assert scores.abs().max() > 1e-4
 
 
@@ -131,7 +143,7 @@ def test_refine_keeps_neurons_shared_by_a_share_p_of_prompts(tiny_gpt2):
     model, tok = tiny_gpt2
     prefixes = ["The", "In the"]
     fact = record(model, tok, "france")
-    answer = target_ids(tok, fact.ground_truth)[0]
+    answer = target_ids(tok, fact.prompt, fact.ground_truth)[0]
     per_prompt = []
     for prompt in [fact.prompt] + [f"{p}. {fact.prompt}" for p in prefixes]:
         hp = hparams(model)
@@ -142,9 +154,18 @@ def test_refine_keeps_neurons_shared_by_a_share_p_of_prompts(tiny_gpt2):
     union, shared = set.union(*per_prompt), set.intersection(*per_prompt)
     two_of_three = {n for n in union if sum(n in s for s in per_prompt) >= 2}
     assert shared < two_of_three < union  # the three rules differ on this case
-    for refine, p, expected in [(False, 0.4, union), (True, 1.0, shared), (True, 0.6, two_of_three)]:
+    # 3 × (1/3) = 1 and 3 × (2/3) = 2 exactly: a count at p × prompts is not enough
+    for refine, p, expected in [(False, 0.4, union), (True, 0.0, union), (True, 1 / 3, two_of_three),
+                                (True, 0.6, two_of_three), (True, 2 / 3, shared), (True, 0.9, shared)]:
         hp = hparams(model, prompt_prefixes=prefixes, refine=refine, p=p)
         assert set(knowledge_neurons(model, tok, fact, hp)[0]) == expected
+
+
+def test_shared_neurons_need_more_than_a_share_p():
+    per_prompt = [{(0, 1), (0, 2), (1, 5)}, {(0, 1), (0, 2)}, {(0, 1), (1, 5)}, {(2, 3)}]  # counts 3, 2, 2, 1
+    assert shared_neurons(per_prompt, 0.5) == [(0, 1)]  # 2 = 0.5 × 4 prompts is not more than half
+    assert shared_neurons(per_prompt, 0.49) == [(0, 1), (0, 2), (1, 5)]
+    assert shared_neurons(per_prompt, None) == [(0, 1), (0, 2), (1, 5), (2, 3)]
 
 
 def test_edit_changes_only_the_knowledge_neurons_value_vectors(model_tok):
@@ -155,8 +176,8 @@ def test_edit_changes_only_the_knowledge_neurons_value_vectors(model_tok):
     delta = Kn.compute_delta(model, tok, [fact], hp)
     assert neurons and set(delta) <= set(Kn.param_names(model, hp))
     unembed = model.get_output_embeddings().weight.detach()
-    shift = (3.0 * unembed[target_ids(tok, fact.target_new)[0]]
-             - 1.0 * unembed[target_ids(tok, fact.ground_truth)[0]])
+    shift = (3.0 * unembed[target_ids(tok, fact.prompt, fact.target_new)[0]]
+             - 1.0 * unembed[target_ids(tok, fact.prompt, fact.ground_truth)[0]])
     gpt2 = model.config.model_type == "gpt2"
     for layer in range(3):
         name = f"{hp.rewrite_module_tmp.format(layer)}.weight"
@@ -177,13 +198,34 @@ def test_edit_changes_only_the_knowledge_neurons_value_vectors(model_tok):
 def test_edit_makes_target_the_argmax(model_tok, key):
     model, tok = model_tok
     fact = record(model, tok, key)
-    target = target_ids(tok, fact.target_new)[0]
+    target = target_ids(tok, fact.prompt, fact.target_new)[0]
     before = next_logp(model, tok, fact.prompt)
     delta = Kn.compute_delta(model, tok, [fact], hparams(model))
     with applied(model, delta):
         after = next_logp(model, tok, fact.prompt)
     assert after.argmax().item() == target
     assert after[target] > before[target] + 3.0
+
+
+def test_subword_ground_truth_and_target_are_their_words_after_the_prompt(subword_model_tok):
+    # A lone " Paris" and " Rome" both start with "▁" under the Llama-2-shaped tokenizer: read that
+    # way, KN would erase and enhance the same token.
+    model, tok = subword_model_tok
+    fact = EditRecord(id="france", subject="France", prompt="The capital city of France", target_new="Rome",
+                      ground_truth="Paris", rephrase_prompt="", locality_prompt="", locality_answer="")
+    old, new = (target_ids(tok, fact.prompt, t)[0] for t in (fact.ground_truth, fact.target_new))
+    assert [tok.decode([old]).strip(), tok.decode([new]).strip()] == ["Paris", "Rome"]
+    hp = hparams(model, erase=1.0, enhance=3.0)
+    neurons, acts = knowledge_neurons(model, tok, fact, hp)
+    delta = Kn.compute_delta(model, tok, [fact], hp)
+    unembed = model.get_output_embeddings().weight.detach()
+    layer, i = neurons[0]
+    d = delta[f"{hp.rewrite_module_tmp.format(layer)}.weight"]
+    d = d.T if model.config.model_type == "gpt2" else d
+    sign = 1.0 if acts[(layer, i)] >= 0 else -1.0
+    torch.testing.assert_close(d[:, i], sign * (3.0 * unembed[new] - 1.0 * unembed[old]))
+    with applied(model, delta):
+        assert next_logp(model, tok, fact.prompt).argmax().item() == new
 
 
 def test_records_are_edited_one_after_another(model_tok):
@@ -199,7 +241,8 @@ def test_records_are_edited_one_after_another(model_tok):
         expected = alone.get(name, zero) + after_first.get(name, zero)
         torch.testing.assert_close(both[name], expected)
     with applied(model, both):  # the later edit may overwrite the earlier one (KN has no protection)
-        assert next_logp(model, tok, second.prompt).argmax().item() == target_ids(tok, second.target_new)[0]
+        new = target_ids(tok, second.prompt, second.target_new)[0]
+        assert next_logp(model, tok, second.prompt).argmax().item() == new
 
 
 def test_compute_delta_is_deterministic_and_leaves_model_unchanged(model_tok):
@@ -259,8 +302,8 @@ def test_easyedit_hparams_errors_name_the_key():
         KnHparams.from_easyedit({**d, "model_name": "./t5-3b"})
     with pytest.raises(ValueError, match=r"batch_size=3 is not allowed; must divide steps=20"):
         KnHparams.from_easyedit({**d, "batch_size": 3})
-    with pytest.raises(ValueError, match=r"p=0.0 is not allowed"):
-        KnHparams.from_easyedit({**d, "p": 0.0})
+    with pytest.raises(ValueError, match=r"p=1.0 is not allowed; must be in \[0, 1\)"):
+        KnHparams.from_easyedit({**d, "p": 1.0})
 
 
 @pytest.mark.parametrize("preset", ["gpt2-xl", "llama-7b", "llama-2-7b", "smollm2-135m", "tiny-llama"])

@@ -9,8 +9,9 @@ import yaml
 from helpers import BATCH, spread_hparams
 
 from editharm.editing.methods import METHODS
-from editharm.editing.methods.memit import Memit, MemitHparams, memit_update
-from editharm.editing.methods.rome import context_prefixes, subject_keys
+from editharm.editing.methods.memit import Memit, MemitHparams, group_mean, layer_keys, memit_update
+from editharm.editing.methods.rome import context_groups, context_prefixes, subject_keys
+from editharm.evaluation.edits import edit_metrics
 from editharm.model.deltas import applied
 from editharm.model.stats import collect_second_moment
 from editharm.model.tokens import target_ids
@@ -63,10 +64,13 @@ def test_one_layer_update_solves_least_squares_for_the_models_keys(model_tok, ti
     hp = tiny_hparams(model, layers=[1])
     stats = stats_for(model, tok, hp, tiny_texts)
     (step,) = Memit.steps(model, tok, BATCH, hp, stats=stats)
-    # K is each subject's key averaged over the context prefixes, read independently here.
+    # K as the reference compute_ks builds it, read independently here: the bare prompt's key is one
+    # group, the [[3, 2]] prefixes' mean the other, and the key is the mean of the two.
     view = hp.at_layer(1)
     prefixes = context_prefixes(model, tok, view)
-    keys = torch.stack([subject_keys(model, tok, r, view, prefixes).mean(0) for r in BATCH], 1).double()
+    assert len(prefixes) == 3 and prefixes[0] == ""
+    by_prefix = [subject_keys(model, tok, r, view, prefixes) for r in BATCH]
+    keys = torch.stack([(k[0] + k[1:].mean(0)) / 2 for k in by_prefix], 1).double()
     torch.testing.assert_close(step.keys, keys)
     assert step.residual.shape == (model.config.hidden_size, len(BATCH))
     expected = least_squares(keys, step.residual, stats(hp.module_path(1)).double(), hp.mom2_update_weight)
@@ -74,11 +78,33 @@ def test_one_layer_update_solves_least_squares_for_the_models_keys(model_tok, ti
     torch.testing.assert_close(update.double(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_group_mean_is_the_mean_of_the_group_means():
+    rows = torch.tensor([[6.0, 0.0], [0.0, 3.0], [3.0, 3.0], [0.0, 0.0], [3.0, 6.0], [9.0, 0.0]])
+    # groups of 1, 2 and 3 rows: means [6, 0], [1.5, 3], [4, 2]; their mean [23/6, 5/3]
+    torch.testing.assert_close(group_mean(rows, [1, 2, 3]), torch.tensor([23 / 6, 5 / 3]))
+    # a flat mean would weigh the rows equally instead
+    assert not torch.allclose(group_mean(rows, [1, 2, 3]), rows.mean(0))
+
+
+def test_keys_weigh_each_template_group_equally(tiny_llama):
+    # Groups [""], 2 prefixes of 3 tokens, 3 prefixes of 2 tokens: the bare prompt carries 1/3 of the
+    # key, each prefix of the second group 1/6, each of the third 1/9.
+    model, tok = tiny_llama
+    hp = tiny_hparams(model, context_template_length_params=[[3, 2], [2, 3]])
+    view = hp.at_layer(0)
+    groups = context_groups(model, tok, view)
+    assert [len(g) for g in groups] == [1, 2, 3]
+    prefixes = [p for g in groups for p in g]
+    weights = torch.tensor([1 / 3, 1 / 6, 1 / 6, 1 / 9, 1 / 9, 1 / 9], dtype=torch.float64)
+    expected = torch.stack([weights @ subject_keys(model, tok, r, view, prefixes).double() for r in BATCH], 1)
+    torch.testing.assert_close(layer_keys(model, tok, BATCH, hp, 0, groups), expected)
+
+
 @pytest.mark.parametrize("mom2", [True, False])
 def test_batch_flips_every_fact_and_leaves_the_model_unchanged(model_tok, tiny_texts, mom2):
     model, tok = model_tok
     hp = tiny_hparams(model, mom2_adjustment=mom2)
-    targets = [target_ids(tok, r.target_new)[0] for r in BATCH]
+    targets = [target_ids(tok, r.prompt, r.target_new)[0] for r in BATCH]
     assert all(next_token(model, tok, r.prompt) != t for r, t in zip(BATCH, targets))
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     delta = Memit.compute_delta(model, tok, BATCH, hp, stats=stats_for(model, tok, hp, tiny_texts))
@@ -87,6 +113,15 @@ def test_batch_flips_every_fact_and_leaves_the_model_unchanged(model_tok, tiny_t
     assert all(p.requires_grad for p in model.parameters())
     with applied(model, delta):
         assert [next_token(model, tok, r.prompt) for r in BATCH] == targets
+
+
+def test_subword_batch_is_reliable_as_evaluation_scores_it(subword_model_tok):
+    # With the Llama-2-shaped tokenizer a lone " Rome" is "▁", "▁Rome"; evaluation reads "▁Rome".
+    model, tok = subword_model_tok
+    assert edit_metrics(model, tok, BATCH)[1]["reliability"] == 0.0
+    delta = Memit.compute_delta(model, tok, BATCH, tiny_hparams(model, mom2_adjustment=False))
+    with applied(model, delta):
+        assert edit_metrics(model, tok, BATCH)[1]["reliability"] == 1.0
 
 
 def test_every_layer_shares_the_residual(tiny_llama, tiny_texts):
@@ -179,5 +214,5 @@ def test_tiny_llama_preset_edits_the_tiny_llama(tiny_llama, tiny_texts):
     delta = Memit.compute_delta(model, tok, BATCH[:2], hp, stats=stats_for(model, tok, hp, tiny_texts))
     with applied(model, delta):
         assert [next_token(model, tok, r.prompt) for r in BATCH[:2]] == [
-            target_ids(tok, r.target_new)[0] for r in BATCH[:2]
+            target_ids(tok, r.prompt, r.target_new)[0] for r in BATCH[:2]
         ]

@@ -1,5 +1,6 @@
-"""MEND on tiny random GPT-2 (Conv1D) and Llama (Linear): the untrained editor is gradient descent,
-training makes held-out edits stronger, training is reproducible and the model is left alone."""
+"""MEND on tiny random GPT-2 (Conv1D) and Llama (Linear): the editor network is the reference's IDMLP
+(checked against a forward computed by hand), the untrained editor is gradient descent, training
+makes held-out edits stronger, training is reproducible and the model is left alone."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ from editharm.core.records import EditRecord
 from editharm.data.catalog import DEMO_DIR
 from editharm.data.editsets import load_edit_records
 from editharm.editing.methods import METHODS
-from editharm.editing.methods.mend import Mend, MendHparams, edit_sites, init_editor
+from editharm.editing.methods.mend import (
+    ARCH_KEY, Mend, MendHparams, Site, edit_sites, editor_deltas, init_editor, transform,
+)
 from editharm.model.deltas import applied
 from editharm.model.tokens import target_ids
 
@@ -76,7 +79,7 @@ def get_trained(trained, name: str, model, tok):
 @torch.no_grad()
 def target_nll(model, tok, record: EditRecord) -> float:
     ids = tok(record.prompt)["input_ids"]
-    target = target_ids(tok, record.target_new)
+    target = target_ids(tok, record.prompt, record.target_new)
     logp = model(input_ids=torch.tensor([ids + target])).logits[0, -len(target) - 1 : -1].log_softmax(-1)
     return -logp.gather(1, torch.tensor(target)[:, None]).mean().item()
 
@@ -97,7 +100,7 @@ def test_untrained_editor_is_minus_alpha_times_the_gradient(model_tok, variant):
     loss = 0.0
     for r in records:
         ids = tok(r.prompt)["input_ids"]
-        target = target_ids(tok, r.target_new)
+        target = target_ids(tok, r.prompt, r.target_new)
         logp = model(input_ids=torch.tensor([ids + target])).logits[0, -len(target) - 1 : -1].log_softmax(-1)
         loss = loss - logp.gather(1, torch.tensor(target)[:, None]).mean()
     grads = torch.autograd.grad(loss, [params[n] for n in names])
@@ -122,7 +125,7 @@ def test_trained_editor_beats_untrained_on_held_out_edits(request, model_tok, tr
                 after.append(target_nll(model, tok, r))
         nll[kind] = sum(after) / len(after)
     before = sum(target_nll(model, tok, r) for r in HELD_OUT) / len(HELD_OUT)
-    # Measured: before ≈ 6.5-6.7, untrained ≈ 6.2-6.7, trained ≈ 0.3-3.9.
+    # Measured: before ≈ 6.5-6.7, untrained ≈ 6.2-6.7, trained ≈ 0.3-0.4.
     assert nll["untrained"] < before
     assert nll["trained"] < nll["untrained"] - 1.5
 
@@ -153,6 +156,7 @@ def test_editor_is_flat_tensors_that_survive_safetensors(tmp_path, tiny_gpt2, tr
     assert all(isinstance(k, str) and type(v) is torch.Tensor and not v.requires_grad for k, v in editor.items())
     save_tensors(tmp_path / "editor.safetensors", editor, {"method": "mend"})
     loaded, _ = load_tensors(tmp_path / "editor.safetensors")
+    assert bytes(loaded[ARCH_KEY].tolist()).decode().startswith("mend IDMLP v1: init=id n_hidden=1 rank=16")
     a = Mend.compute_delta(model, tok, HELD_OUT[:1], hp, editor=editor)
     b = Mend.compute_delta(model, tok, HELD_OUT[:1], hp, editor=loaded)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -175,8 +179,106 @@ def test_compute_delta_needs_a_fitting_editor(tiny_gpt2):
     with pytest.raises(ValueError, match="trained editor.*Mend.train"):
         Mend.compute_delta(model, tok, HELD_OUT[:1], hp)
     other = init_editor(model, tiny_hparams(model, rank=8), seed=0)
-    with pytest.raises(ValueError, match="does not fit.*wrong shape"):
+    with pytest.raises(ValueError, match="trained as .*rank=8.*these hparams describe .*rank=16"):
         Mend.compute_delta(model, tok, HELD_OUT[:1], hp, editor=other)
+    editor = init_editor(model, hp, seed=0)
+    bad = {**editor, "net.64x256.ud.0.bias": torch.zeros(16)}
+    with pytest.raises(ValueError, match=r"does not fit.*wrong shape \['net.64x256.ud.0.bias'\]"):
+        Mend.compute_delta(model, tok, HELD_OUT[:1], hp, editor=bad)
+
+
+def test_an_editor_saved_before_idmlp_is_refused(tmp_path, tiny_gpt2):
+    model, tok = tiny_gpt2
+    hp = tiny_hparams(model)
+    # The earlier editor's tensors: rank-space blocks (V, b, U, scale, shift), no architecture record.
+    old = {k: v for k, v in init_editor(model, hp, seed=0).items() if k.startswith(("lr.", "norm."))}
+    old.update({"net.64x256.ud.0.V": torch.zeros(16, 320), "net.64x256.ud.0.b": torch.zeros(16),
+                "net.64x256.ud.0.U": torch.zeros(320, 16), "net.64x256.ud.0.scale": torch.ones(4, 16),
+                "net.64x256.ud.0.shift": torch.zeros(4, 16)})
+    save_tensors(tmp_path / "old.safetensors", old, {"method": "mend"})
+    loaded, _ = load_tensors(tmp_path / "old.safetensors")
+    with pytest.raises(ValueError, match="no 'arch' record.*earlier MEND editor.*train it again"):
+        Mend.compute_delta(model, tok, HELD_OUT[:1], hp, editor=loaded)
+
+
+def hand_hparams(**overrides) -> MendHparams:
+    return MendHparams.from_dict({"layers": [0], "rewrite_module_tmps": ["m.{}"], "rank": 1, "n_hidden": 1,
+                                  **overrides})
+
+
+def hand_editor(shared: bool) -> dict[str, torch.Tensor]:
+    """One matrix W (1 × 2, member 1 of a shared shape), networks on [u; δ] of width 3 at rank 1."""
+    editor = {
+        "lr.w": torch.tensor(0.5),
+        "norm.w.u_mean": torch.tensor([0.0, 2.0]), "norm.w.u_std": torch.tensor([2.0, 1.0]),
+        "norm.w.d_mean": torch.tensor([1.0]), "norm.w.d_std": torch.tensor([2.0]),
+        "net.g.ud.0.V": torch.tensor([[1.0, 1.0, 0.0]]), "net.g.ud.0.U": torch.tensor([[1.0], [-1.0], [2.0]]),
+        "net.g.ud.0.bias": torch.tensor([1.0, 0.0, -1.0]),
+        "net.g.ud.1.V": torch.tensor([[0.0, 1.0, 1.0]]), "net.g.ud.1.U": torch.tensor([[1.0], [1.0], [-1.0]]),
+        "net.g.ud.1.bias": torch.tensor([0.0, 0.0, 1.0]),
+    }
+    if shared:  # row 0 belongs to another matrix and must not be used
+        editor.update({
+            "net.g.ud.0.scale": torch.tensor([[9.0, 9.0, 9.0], [2.0, 1.0, 0.5]]),
+            "net.g.ud.0.shift": torch.tensor([[9.0, 9.0, 9.0], [0.0, 1.0, -3.0]]),
+            "net.g.ud.1.scale": torch.tensor([[9.0, 9.0, 9.0], [1.0, -1.0, 1.0]]),
+            "net.g.ud.1.shift": torch.tensor([[9.0, 9.0, 9.0], [-1.0, 0.0, 0.0]]),
+        })
+    return editor
+
+
+# Two tokens: u = [2, 4], δ = [3] and u = [0, 2], δ = [1]. Normalised, x = [1, 2, 1] and x = [0, 0, 0].
+# Each layer: pre = U V x + bias, then (shared) pre ⊙ scale[1] + shift[1], then clamp at 0; init id
+# adds x back, init xavier does not. Token 1, shared, id:
+#   layer 0: V x = 3, U V x = [3, -3, 6], + bias [4, -3, 5], ⊙ scale [8, -3, 2.5], + shift [8, -2, -0.5],
+#            relu [8, 0, 0], + x = [9, 2, 1];
+#   layer 1: V x = 3, U V x = [3, 3, -3], + bias [3, 3, -2], ⊙ scale [3, -3, -2], + shift [2, -3, -2],
+#            relu [2, 0, 0], + x = [11, 2, 1].
+# Token 2, shared, id: layer 0: bias [1, 0, -1] → ⊙ scale [2, 0, -0.5] → + shift [2, 1, -3.5] → relu + x
+#   [2, 1, 0]; layer 1: V x = 1, [1, 1, -1] + bias [1, 1, 0] → [1, -1, 0] → [0, -1, 0] → relu 0, x stays.
+# Unshared (no scale, shift), token 1: layer 0 relu [4, 0, 5] + x = [5, 2, 6]; layer 1: V x = 8,
+#   [8, 8, -8] + bias [8, 8, -7], relu [8, 8, 0] + x = [13, 10, 6]. Token 2: layer 0 relu [1, 0, 0] = x;
+#   layer 1: V x = 0, bias [0, 0, 1], relu + x = [1, 0, 1].
+# Shared, xavier (no residual), token 1: layer 0 [8, 0, 0]; layer 1: V x = 0, pre = bias [0, 0, 1]
+#   ⊙ scale [0, 0, 1] + shift [-1, 0, 1], relu [0, 0, 1]. Token 2: layer 0 [2, 1, 0]; layer 1: V x = 1,
+#   [1, 1, -1] + bias → [1, 1, 0] ⊙ scale [1, -1, 0] + shift [0, -1, 0], relu [0, 0, 0].
+@pytest.mark.parametrize("shared, init, u_out, d_out", [
+    (True, "id", [[11.0, 2.0], [2.0, 1.0]], [[1.0], [0.0]]),
+    (False, "id", [[13.0, 10.0], [1.0, 0.0]], [[6.0], [1.0]]),
+    (True, "xavier", [[0.0, 0.0], [0.0, 0.0]], [[1.0], [0.0]]),
+])
+def test_editor_network_is_the_reference_idmlp(shared, init, u_out, d_out):
+    hp = hand_hparams(shared=shared, init=init)
+    site = Site(name="w", module="m.0", transposed=False, d_in=2, d_out=1, group="g", member=1 if shared else 0)
+    u, d = torch.tensor([[2.0, 4.0], [0.0, 2.0]]), torch.tensor([[3.0], [1.0]])
+    ut, dt = transform(hand_editor(shared), site, u, d, hp)
+    torch.testing.assert_close(ut, torch.tensor(u_out))
+    torch.testing.assert_close(dt, torch.tensor(d_out))
+    # ΔW = −α Σ_t δ̃_t ũ_tᵀ, α = 0.5.
+    delta = editor_deltas(hand_editor(shared), [site], {"w": (u, d)}, hp)["w"]
+    torch.testing.assert_close(delta, -0.5 * torch.tensor(d_out).T @ torch.tensor(u_out))
+
+
+@pytest.mark.parametrize("n_hidden", [0, 2])
+def test_untrained_networks_are_the_identity(tiny_llama, n_hidden):
+    model, _ = tiny_llama
+    hp = tiny_hparams(model, rank=1000, n_hidden=n_hidden)
+    editor = init_editor(model, hp, seed=0)
+    site = edit_sites(model, hp)[2]  # down_proj: 128 → 64, combined width 192
+    layers = sorted({k.split(".")[3] for k in editor if k.startswith("net.")})
+    assert layers == [str(i) for i in range(n_hidden + 1)]
+    for layer in layers:
+        key = f"net.{site.group}.ud.{layer}"
+        assert editor[f"{key}.U"].shape == (192, 192) and not editor[f"{key}.U"].any()  # rank capped at 192
+        assert editor[f"{key}.V"].shape == (192, 192) and abs(editor[f"{key}.V"].std().item() - 1) < 0.05
+        assert not editor[f"{key}.bias"].any() and not editor[f"{key}.shift"].any()
+        assert torch.equal(editor[f"{key}.scale"], torch.ones(2, 192))
+    u, d = torch.randn(5, 128), torch.randn(5, 64)
+    ut, dt = transform(editor, site, u, d, hp)
+    torch.testing.assert_close(ut, u, rtol=1e-6, atol=0)
+    torch.testing.assert_close(dt, d, rtol=1e-6, atol=0)
+    unshared = init_editor(model, tiny_hparams(model, shared=False), seed=0)
+    assert not any(k.endswith((".scale", ".shift")) for k in unshared)
 
 
 def test_shared_networks_follow_matrix_shapes(tiny_llama):
@@ -267,8 +369,15 @@ def test_easyedit_hparams_are_read():
     assert (hp.train_steps, hp.accumulate_bs, hp.val_size, hp.grad_clip) == (100000, 10, 2500, 100.0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_decay'\]"):
         MendHparams.from_easyedit({**d, "lr_decay": 0.9})
-    with pytest.raises(ValueError, match=r"dropout=0.1 cannot be honoured"):
-        MendHparams.from_easyedit({**d, "dropout": 0.1})
+    assert (hp.init, hp.n_hidden, hp.combine, hp.shared, hp.norm) == ("id", 1, True, True, True)
+    assert MendHparams.from_easyedit({**d, "init": "xavier"}).init == "xavier"
+    assert MendHparams.from_easyedit({**d, "dropout": 0.1, "hidden_dim": 64}) == hp  # EasyEdit's MEND ignores both
+    with pytest.raises(ValueError, match=r"mlp_class='MLP' cannot be honoured; allowed: 'IDMLP'"):
+        MendHparams.from_easyedit({**d, "mlp_class": "MLP"})
+    with pytest.raises(ValueError, match=r"act='tanh' cannot be honoured; allowed: 'relu'"):
+        MendHparams.from_easyedit({**d, "act": "tanh"})
+    with pytest.raises(ValueError, match=r"init='ortho' is not allowed; allowed: 'id', 'xavier'"):
+        MendHparams.from_easyedit({**d, "init": "ortho"})
     with pytest.raises(ValueError, match="not every module at every layer"):
         MendHparams.from_easyedit({**d, "inner_params": d["inner_params"][:-1]})
     with pytest.raises(ValueError, match=r"one_sided=True .*combine"):

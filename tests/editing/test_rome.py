@@ -13,6 +13,7 @@ from editharm.editing.methods.rome import (
     rome_step,
     subject_keys,
 )
+from editharm.evaluation.edits import edit_metrics
 from editharm.model.deltas import applied
 from editharm.model.modules import get_module
 from editharm.model.stats import collect_second_moment
@@ -47,11 +48,22 @@ def test_registered():
 def test_edit_makes_target_the_argmax(model_tok, tiny_rome_hparams):
     model, tok = model_tok
     hp = tiny_rome_hparams(model)
-    target = target_ids(tok, FRANCE.target_new)
+    target = target_ids(tok, FRANCE.prompt, FRANCE.target_new)
     assert greedy(model, tok, FRANCE.prompt, 1) != target
     delta = Rome.compute_delta(model, tok, [FRANCE], hp)
     with applied(model, delta):
         assert greedy(model, tok, FRANCE.prompt, 1) == target
+
+
+def test_subword_edit_trains_the_ids_evaluation_scores(subword_model_tok, tiny_rome_hparams):
+    # With the Llama-2-shaped tokenizer a lone " Rome" is "▁", "▁Rome": trained on that, the edit
+    # would make "▁" the argmax and score 0 where evaluation reads "▁Rome" after the prompt.
+    model, tok = subword_model_tok
+    assert edit_metrics(model, tok, [FRANCE])[1]["reliability"] == 0.0
+    delta = Rome.compute_delta(model, tok, [FRANCE], tiny_rome_hparams(model))
+    with applied(model, delta):
+        assert edit_metrics(model, tok, [FRANCE])[1]["reliability"] == 1.0
+        assert tok.decode(greedy(model, tok, FRANCE.prompt, 1)).strip() == "Rome"
 
 
 @torch.no_grad()
@@ -64,7 +76,7 @@ def target_logprob(model, tok, prompt: str, target: list[int]) -> float:
 def test_multi_token_target_is_learned(model_tok, tiny_rome_hparams):
     model, tok = model_tok
     fact = record("The capital city of France", "France", "red apples")
-    target = target_ids(tok, fact.target_new)
+    target = target_ids(tok, fact.prompt, fact.target_new)
     assert len(target) == 2
     before = target_logprob(model, tok, fact.prompt, target)
     delta = Rome.compute_delta(model, tok, [fact], tiny_rome_hparams(model))
@@ -82,7 +94,7 @@ def test_batch_edits_both_records(model_tok, tiny_rome_hparams, tiny_texts):
     delta = Rome.compute_delta(model, tok, [FRANCE, JOHN], hp, stats={hp.module_path: c}.__getitem__)
     with applied(model, delta):
         for fact in (FRANCE, JOHN):
-            assert greedy(model, tok, fact.prompt, 1) == target_ids(tok, fact.target_new)
+            assert greedy(model, tok, fact.prompt, 1) == target_ids(tok, fact.prompt, fact.target_new)
 
 
 @pytest.mark.parametrize("exact_key", ["mean", "prompt"])

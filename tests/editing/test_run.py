@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import spread_hparams
 
 from editharm.core.records import EditRecord
-from editharm.editing.methods.rome import Rome
+from editharm.editing.methods import memit, rome
+from editharm.editing.methods.memit import Memit, MemitHparams
+from editharm.editing.methods.rome import Rome, context_prefixes
 from editharm.editing.regularizers import REGULARIZERS
 from editharm.editing.regularizers.rect import n_kept
 from editharm.editing.run import run_edits
@@ -145,3 +148,37 @@ def test_steps_beyond_the_sequence_are_refused(tiny_gpt2, gpt2_hp, tmp_path, ste
     with pytest.raises(ValueError, match=r"steps .* must be in 0\.\.3"):
         run(model, tok, gpt2_hp, tmp_path, steps=steps)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("method", ["rome", "memit"])
+def test_prefixes_come_from_the_unedited_model_once_per_sequence(tiny_gpt2, tiny_rome_hparams, tmp_path,
+                                                                  monkeypatch, method):
+    model, tok = tiny_gpt2
+    if method == "rome":
+        method_cls, hp = Rome, tiny_rome_hparams(model, v_num_grad_steps=10)
+        view = hp
+    else:
+        method_cls, hp = Memit, MemitHparams.from_dict({**spread_hparams(model), "mom2_adjustment": False})
+        view = hp.at_layer(hp.layers[-1])
+    unedited = context_prefixes(model, tok, view)
+    generated, used = [], []
+    greedy_texts, target_shift = rome._greedy_texts, rome.target_shift
+
+    def counted_greedy_texts(*args):
+        generated.append(args)
+        return greedy_texts(*args)
+
+    def recorded_target_shift(model, tok, record, hparams, prefixes, base):
+        used.append(list(prefixes))
+        return target_shift(model, tok, record, hparams, prefixes, base)
+
+    monkeypatch.setattr(rome, "_greedy_texts", counted_greedy_texts)
+    monkeypatch.setattr(rome, "target_shift", recorded_target_shift)
+    monkeypatch.setattr(memit, "target_shift", recorded_target_shift)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    reg = REGULARIZERS.get("none")
+    run_edits(model, tok, method_cls, hp, reg, reg.Params.from_dict({}), Setting("instance_sequential"), RECORDS,
+              {3: tmp_path / "step-3.safetensors"}, seed=0, metadata={})
+    assert any(not torch.equal(v, original[k]) for k, v in model.state_dict().items())  # the edits landed
+    assert len(generated) == len(hp.context_template_length_params) == 1  # one generation pass for 3 edits
+    assert used == [unedited] * len(RECORDS)

@@ -3,6 +3,7 @@ Snakemake reruns exactly the jobs whose values changed. The rules (rules/common.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ def preset_path(method_kind: str, preset: str) -> Path:
 def method_hparams(cfg: dict, model: str, label: str) -> dict:
     """Resolved hyperparameters of method `label` on `model`: preset, then params.yaml overrides."""
     from editharm.editing.methods import METHODS
+    from editharm.model.architectures import ARCHITECTURES, TEMPLATE_KEYS
 
     spec = cfg["methods"][label]
     kind = spec.get("kind", label)
@@ -34,9 +36,26 @@ def method_hparams(cfg: dict, model: str, label: str) -> dict:
             raise FileNotFoundError(
                 f"no {kind} preset {preset!r} (models.{model}.preset); available: {', '.join(available) or '(none)'}"
             )
-        base = yaml.safe_load(path.read_text()) or {}
+        base = {**module_defaults(cfg, model, Hparams), **(yaml.safe_load(path.read_text()) or {})}
+        unnamed = [f.name for f in fields(Hparams) if f.name in TEMPLATE_KEYS
+                   and f.name not in base and f.name not in spec.get("hparams", {})]
+        if unnamed:
+            raise ValueError(f"{kind} preset {preset!r} names no {', '.join(unnamed)} and models.{model}.architecture "
+                             f"is not set; set it (allowed: {', '.join(ARCHITECTURES.names())}) or name the modules")
     hp = Hparams.from_dict({**base, **spec.get("hparams", {})})
     return {"kind": kind, "hparams": _as_dict(hp)}
+
+
+def module_defaults(cfg: dict, model: str, Hparams: type) -> dict:
+    """The templates of `model`'s declared architecture (models.<model>.architecture) for the keys of
+    `Hparams` that name modules; none without a declared architecture."""
+    from editharm.model.architectures import architecture
+
+    declared = cfg["models"][model].get("architecture")
+    if declared is None:
+        return {}
+    keys = {f.name for f in fields(Hparams)}
+    return {k: v for k, v in architecture(declared).default_templates().items() if k in keys}
 
 
 def regularizer_params(cfg: dict, label: str) -> dict:

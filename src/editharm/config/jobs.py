@@ -12,6 +12,7 @@ def list_names() -> None:
     from editharm.editing.regularizers import REGULARIZERS
     from editharm.editing.settings import KINDS
     from editharm.evaluation.tasks import TASKS
+    from editharm.model.architectures import ARCHITECTURES
     from editharm.sources.grammar import SOURCE_KINDS
 
     sections = [
@@ -21,6 +22,7 @@ def list_names() -> None:
         ("settings", list(KINDS)),
         ("source kinds", [f"{k:<9} {SOURCE_KINDS.get(k)}" for k in SOURCE_KINDS.names()]),
         ("datasets", sorted(DATASET_NAMES)),
+        ("architectures (config.model_type)", [f"{t:<9} {ARCHITECTURES.get(t).title}" for t in ARCHITECTURES.names()]),
     ]
     for title, items in sections:
         print(f"{title}:")

@@ -102,6 +102,8 @@ def _check_names(cfg: dict, source: str) -> None:
     from editharm.editing.regularizers import REGULARIZERS
     from editharm.evaluation.tasks import TASKS
 
+    for name, spec in cfg["models"].items():
+        _check_architecture(name, spec, source)
     for name in cfg["datasets"]:
         if name not in DATASET_NAMES:
             raise ParamsError(
@@ -186,6 +188,31 @@ def _check_names(cfg: dict, source: str) -> None:
                     except (ValueError, NotImplementedError) as exc:
                         raise ParamsError(f"{source}: key 'regularizers.{label}' reads statistics of the modules "
                                           f"method {method!r} edits, which it cannot name: {exc}") from None
+
+
+def _check_architecture(name: str, spec: dict, source: str) -> None:
+    """A declared architecture is a supported one; so is a local model folder's (its config.json),
+    and it is the declared one. A Hub or wheel model's is known once fetched (the fetch_model job)."""
+    from editharm.model.architectures import ARCHITECTURES, architecture_of_folder
+    from editharm.sources.grammar import SourceError, parse_source
+
+    declared = spec.get("architecture")
+    if declared is not None and declared not in ARCHITECTURES:
+        raise ParamsError(f"{source}: key 'models.{name}.architecture' is {declared!r}, not a supported "
+                          f"architecture; allowed: {', '.join(ARCHITECTURES.names())}")
+    try:
+        model = parse_source(spec["source"], "model")
+    except SourceError:
+        return  # the fetch_model job names what is wrong with the source
+    if model.kind != "local" or not (Path(model.target) / "config.json").is_file():
+        return
+    try:
+        found = architecture_of_folder(model.target).model_type
+    except (KeyError, ValueError) as exc:
+        raise ParamsError(f"{source}: key 'models.{name}.source': {exc}") from None
+    if declared is not None and declared != found:
+        raise ParamsError(f"{source}: key 'models.{name}.architecture' is {declared!r} but the model at "
+                          f"{model.target} is {found!r}")
 
 
 def _registered(registry, section: str, label: str, spec: dict, source: str) -> str:

@@ -13,6 +13,7 @@ from editharm.editing.methods import METHODS
 from editharm.editing.regularizers import REGULARIZERS
 from editharm.editing.run import run_edits
 from editharm.editing.settings import Setting
+from editharm.model.architectures import check_model
 from editharm.model.loading import load_model, setup_torch
 from editharm.model.stats import stats_provider
 
@@ -31,6 +32,7 @@ def train_editor(model: Path, method: dict, records: Path, seed: int, out: Path,
         raise ValueError(f"method {method_cls.name!r} has no training step; trainable methods need one")
     train = load_edit_records(records)
     lm, tok = load_model(model, setup_torch(device, threads), dtype)
+    check_model(lm)
     t0 = time.perf_counter()
     editor = method_cls.train(lm, tok, train, hparams, seed=seed)
     save_tensors(out, editor, {"method": method, "model": str(model), "seed": seed, "train_records": len(train)})
@@ -52,6 +54,7 @@ def apply_edits(model: Path, sequence: Path, method: dict, reg: dict, setting: d
     trained = load_tensors(editor)[0] if editor else None
     seq = read_sequence(sequence)
     lm, tok = load_model(model, setup_torch(device, threads), dtype)
+    check_model(lm)
     t0 = time.perf_counter()
     run_edits(lm, tok, method_cls, hparams, regularizer, reg_params, plan, seq.records, dict(zip(steps, out)),
               stats=stats_provider(stats), editor=trained, seed=seed,

@@ -54,6 +54,12 @@ class _Run:
                 self.accumulated[n] += d.double()
                 self.params[n].data.copy_((self.originals[n].double() + self.accumulated[n]).to(self.params[n].dtype))
 
+    def hold(self, deltas: dict[str, torch.Tensor]) -> None:
+        """Set the parameters to original + `deltas` without changing what the edits accumulated."""
+        with torch.no_grad():
+            for n, d in deltas.items():
+                self.params[n].data.copy_((self.originals[n].double() + d.double()).to(self.params[n].dtype))
+
 
 def run_edits(
     model: torch.nn.Module,
@@ -80,6 +86,11 @@ def run_edits(
     call's records (`latest_ids`). Sequential settings stop after the last requested step; single
     settings start every call from the original weights. The model ends with the last
     checkpoint's weights.
+
+    A regularizer that acts on the sequence's whole ΔW (PRUNE with `restrain: final`) passes the
+    edits through and transforms the accumulated ΔW only in the files (`Regularizer.snapshot`):
+    the edits go on from the unregularized weights, and each file holds the transform of the sum
+    at its step.
     """
     wanted = sorted(outputs)
     top = setting.max_step(len(records))
@@ -93,9 +104,16 @@ def run_edits(
     done: list[str] = []
     latest: list[str] = []
 
+    def context(n: str) -> RegContext:
+        return RegContext(
+            param_name=n, module_path=_module_path(n), weight=run.params[n].detach(), original=run.originals[n],
+            transposed=run.transposed[n], generator=generator, stats=stats, state=run.reg_state[n],
+        )
+
     def snapshot(step: int) -> None:
         path = Path(outputs[step])
-        save_delta(path, {n: a.float() for n, a in run.accumulated.items()}, {
+        held = {n: reg.snapshot(a, reg_params, context(n)) for n, a in run.accumulated.items()}
+        save_delta(path, {n: d.float() for n, d in held.items()}, {
             **metadata,
             "method": method_cls.name,
             "hparams": hparams.to_dict(),
@@ -109,6 +127,8 @@ def run_edits(
             "latest_ids": list(latest),
         })
         paths.append(path)
+        if step == wanted[-1]:
+            run.hold(held)
         log.info("step %d: ΔW of %d edit(s) written to %s", step, len(done), path)
 
     if 0 in wanted:
@@ -123,14 +143,7 @@ def run_edits(
         unexpected = sorted(set(delta) - set(names))
         if unexpected:
             raise RuntimeError(f"{method_cls.name} changed {unexpected}, not among its declared parameters {names}")
-        regularized = {}
-        for n, d in delta.items():
-            ctx = RegContext(
-                param_name=n, module_path=_module_path(n), weight=run.params[n].detach(), original=run.originals[n],
-                transposed=run.transposed[n], generator=generator, stats=stats, state=run.reg_state[n],
-            )
-            regularized[n] = reg.apply(d, reg_params, ctx)
-        run.add(regularized)
+        run.add({n: reg.apply(d, reg_params, context(n)) for n, d in delta.items()})
         latest = [r.id for r in batch]
         done.extend(latest)
         if step in wanted:

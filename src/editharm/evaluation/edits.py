@@ -20,6 +20,7 @@ import pandas as pd
 from editharm.core.records import EditRecord
 from editharm.evaluation.metrics import ngram_entropy
 from editharm.model.generation import greedy_generate, teacher_forced
+from editharm.model.tokens import spaced
 from editharm.results.uncertainty import Bootstrap, mean_combine, present_stats
 
 EDIT_METRICS = ("reliability", "generalization", "locality", "portability")
@@ -35,7 +36,7 @@ def base_argmax(model, tok, records: Sequence[EditRecord], *, batch_size: int = 
         model,
         tok,
         [records[i].locality_prompt for i in rows],
-        [_answer(records[i].locality_answer) for i in rows],
+        [spaced(records[i].locality_answer) for i in rows],
         batch_size=batch_size,
     )
     result: list[list[int]] = [[] for _ in records]
@@ -127,7 +128,7 @@ def _accuracy(model, tok, pairs: list[tuple[str, str]], batch_size: int) -> list
     """Teacher-forced token accuracy per (prompt, answer); NaN where either is empty."""
     rows = [i for i, (p, a) in enumerate(pairs) if p and a]
     forced = teacher_forced(
-        model, tok, [pairs[i][0] for i in rows], [_answer(pairs[i][1]) for i in rows], batch_size=batch_size
+        model, tok, [pairs[i][0] for i in rows], [spaced(pairs[i][1]) for i in rows], batch_size=batch_size
     )
     result = [math.nan] * len(pairs)
     for i, f in zip(rows, forced):
@@ -145,11 +146,6 @@ def _locality(record: EditRecord, before: list[int], after: list[int]) -> float:
             f"this tokenizer gives {len(after)}; were they computed with another tokenizer?"
         )
     return sum(a == b for a, b in zip(after, before)) / len(after)
-
-
-def _answer(text: str) -> str:
-    # EasyEdit scores `prompt + " " + answer`; an answer that already starts with a space keeps it.
-    return text if text[:1].isspace() else " " + text
 
 
 def _mean(values: list[float]) -> float | None:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from editharm.core.fileio import staging_dir
+from editharm.model.architectures import check_model
 from editharm.model.deltas import apply_delta, load_delta
 from editharm.model.loading import load_model, setup_torch
 from editharm.model.stats import collect_second_moment, save_stats
@@ -16,6 +17,7 @@ log = logging.getLogger("editharm")
 def collect_stats(model: Path, module: str, corpus: Path, n: int, max_length: int, out: Path,
                   device: str, dtype: str, threads: int | None) -> None:
     lm, tok = load_model(model, setup_torch(device, threads), dtype)
+    check_model(lm)
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines() if line.strip()][:n]
     matrix, count = collect_second_moment(lm, tok, module, texts, max_length=max_length)
     save_stats(out, matrix, {"module": module, "n_texts": len(texts), "n_tokens": count, "max_length": max_length})

@@ -3,7 +3,7 @@ the grad / train-mode contexts edits run in."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from transformers.pytorch_utils import Conv1D
@@ -68,18 +68,60 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the wanted activation is seen."""
 
 
+class _Handles:
+    def __init__(self, *handles):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def token_hook(model: torch.nn.Module, module_path: str, fn: Callable[[torch.Tensor], Optional[torch.Tensor]],
+               *, output: bool) -> _Handles:
+    """Register `fn` on a module's input (or output, its first element for a tuple), seen as
+    (batch, seq, features); a tensor `fn` returns replaces it. Returns the handle to remove.
+
+    OPT runs its MLP on (batch·seq, features) rows, so the batch size is read off the model's own
+    input and such rows are viewed as tokens, and back.
+    """
+    batch: list[int] = []
+
+    def record(_m, args, kwargs):
+        ids = kwargs.get("input_ids")
+        ids = kwargs.get("inputs_embeds") if ids is None else ids
+        batch[:] = [(args[0] if ids is None else ids).shape[0]]
+
+    def call(x: torch.Tensor) -> Optional[torch.Tensor]:
+        flat = x.dim() == 2
+        y = fn(x.view(batch[0], -1, x.shape[-1]) if flat else x)
+        return None if y is None else y.reshape(x.shape) if flat else y
+
+    def pre(_m, args):
+        y = call(args[0])
+        return None if y is None else (y, *args[1:])
+
+    def post(_m, _args, out):
+        if not isinstance(out, tuple):
+            return call(out)
+        y = call(out[0])
+        return None if y is None else (y, *out[1:])
+
+    module = get_module(model, module_path)
+    own = module.register_forward_hook(post) if output else module.register_forward_pre_hook(pre)
+    return _Handles(model.register_forward_pre_hook(record, with_kwargs=True), own)
+
+
 def _first_activation(model: torch.nn.Module, module_path: str, inputs: dict[str, torch.Tensor],
                       *, output: bool) -> torch.Tensor:
     """One module's input (or output) for a batch, running the model only up to that module."""
     seen: list[torch.Tensor] = []
 
-    def grab(_module, args, out=None):
-        value = out if output else args[0]
-        seen.append((value[0] if isinstance(value, tuple) else value).detach())
+    def grab(value: torch.Tensor) -> None:
+        seen.append(value.detach())
         raise _Stop  # the layers above cost nothing
 
-    module = get_module(model, module_path)
-    handle = module.register_forward_hook(grab) if output else module.register_forward_pre_hook(grab)
+    handle = token_hook(model, module_path, grab, output=output)
     try:
         with torch.no_grad():
             model(**inputs, use_cache=False)
@@ -102,6 +144,11 @@ def module_output(model: torch.nn.Module, module_path: str, inputs: dict[str, to
     return _first_activation(model, module_path, inputs, output=True)
 
 
+def input_hook(model: torch.nn.Module, module_path: str, fn: Callable[[torch.Tensor], Optional[torch.Tensor]]):
+    """Register `fn` on a module's (batch, seq, features) input, which a returned tensor replaces; returns the handle."""
+    return token_hook(model, module_path, fn, output=False)
+
+
 def output_hook(model: torch.nn.Module, module_path: str, fn: Callable[[torch.Tensor], torch.Tensor]):
-    """Register `fn` to replace a module's output tensor; returns the hook handle."""
-    return get_module(model, module_path).register_forward_hook(lambda _m, _a, out: fn(out))
+    """Register `fn` to replace a module's (batch, seq, features) output tensor; returns the hook handle."""
+    return token_hook(model, module_path, fn, output=True)

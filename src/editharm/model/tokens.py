@@ -1,6 +1,5 @@
-"""Token ids: the one padding rule, left-padded batches, and the two ways a continuation is
-tokenized after a prompt (`target_ids` for what editing methods train on, `continuation_ids` for
-what scoring reads)."""
+"""Token ids: the one padding rule, left-padded batches, and the one rule for a continuation's ids
+after its prompt (`continuation_ids`), which editing methods (`target_ids`) and scoring share."""
 from __future__ import annotations
 
 import logging
@@ -42,27 +41,35 @@ def padded_batch(
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}, pads
 
 
-def target_ids(tok, text: str) -> list[int]:
-    """Token ids of an edit target as the editing methods train on it: " " + `text` (a leading
-    space added when missing) tokenized alone, without special tokens.
+def spaced(text: str) -> str:
+    """An answer as it follows its prompt: with a leading space unless it starts with whitespace.
 
-    Edit targets are stored bare ("Rome") but follow a prompt ending in a word, so the model sees
-    " Rome". Scoring (edit metrics, choice scoring) reads the tail of prompt + continuation
-    tokenized together instead (`continuation_ids`); the two agree wherever no token merges across
-    the boundary and the tokenizer adds nothing at the start of a lone text.
+    Edit targets are stored bare ("Rome") but follow a prompt ending in a word; EasyEdit scores
+    `prompt + " " + answer`.
     """
-    if not text.startswith(" "):
-        text = " " + text
-    return tok(text, add_special_tokens=False)["input_ids"]
+    return text if text[:1].isspace() else " " + text
+
+
+def target_ids(tok, prompt: str, target: str) -> list[int]:
+    """Token ids of an edit target as editing methods train on it and evaluation scores it: the
+    ids `continuation_ids` gives `spaced(target)` after `prompt`.
+
+    Encoding " Rome" alone is not the same: a tokenizer that prepends "▁" to every text (Llama-2's
+    SentencePiece normalizer under transformers 4.x) turns it into "▁▁Rome", a lone "▁" token then
+    "▁Rome", while after a prompt the space is the word's own "▁".
+    """
+    return continuation_ids(tok, [prompt], [spaced(target)])[0]
 
 
 def continuation_ids(
-    tok, prompts: Sequence[str], continuations: Sequence[str], contexts: list[list[int]]
+    tok, prompts: Sequence[str], continuations: Sequence[str], contexts: list[list[int]] | None = None
 ) -> list[list[int]]:
-    """Each continuation's ids as scored after its prompt: the tail of `tok(prompt + continuation)`
-    after the prompt's own ids `contexts[i]` when those are a prefix of it (the natural
-    tokenisation in context); when a token merges across the boundary, the continuation encoded
-    alone (no special tokens)."""
+    """Each continuation's ids after its prompt: the tail of `tok(prompt + continuation)` after the
+    prompt's own ids `contexts[i]` (default `tok(prompt)`) when those are a prefix of it (the
+    natural tokenisation in context); when a token merges across the boundary, the continuation
+    encoded alone (no special tokens)."""
+    if contexts is None:
+        contexts = [list(ids) for ids in tok(list(prompts))["input_ids"]] if prompts else []
     joint = tok([p + c for p, c in zip(prompts, continuations)])["input_ids"]
     ids = []
     for prompt, cont, ctx, whole in zip(prompts, continuations, contexts, joint):

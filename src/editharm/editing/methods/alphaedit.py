@@ -9,7 +9,8 @@ For an edited module with input second moment C = K₀K₀ᵀ/N over a corpus (t
 Since P (A P + L2·I) = (P A + L2·I) P, with A = K_p K_pᵀ + K Kᵀ, ΔW = R Kᵀ (P A + L2·I)⁻¹ P is of
 the form X P, so ΔW k₀ ≈ 0: outputs for preserved keys do not move. The K_p K_pᵀ term keeps the
 sequence's earlier edits.
-The sequence's `state` carries Σ K_p K_pᵀ per layer and the projectors (C is fixed within a sequence).
+The sequence's `state` carries Σ K_p K_pᵀ per layer, the projectors (C is fixed within a sequence)
+and the context prefixes, generated once from the unedited model (`rome.sequence_contexts`).
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ class AlphaEdit(EditMethod):
             return alphaedit_update(keys, residual, carried.projectors[path], carried.prior_gram.get(path),
                                     hparams.L2)
 
-        steps = spread_over_layers(model, tok, records, hparams, solve)
+        steps = spread_over_layers(model, tok, records, hparams, solve, state)
         # A layer's keys depend on the updates of lower layers only, so the keys read during the
         # loop are also the keys of the fully edited model.
         for layer, step in zip(hparams.layers, steps):

@@ -68,7 +68,8 @@ class EditMethod:
         """ΔW that makes the model (at its current weights) learn `records`; the model is left unchanged.
 
         `state` is one dict per edit sequence, empty at its start, for methods that carry something
-        from one edit call to the next (AlphaEdit's keys of earlier edits); `editor` is the output
+        from one edit call to the next (AlphaEdit's keys of earlier edits; the context prefixes ROME,
+        MEMIT and AlphaEdit generate from the unedited model at the first call); `editor` is the output
         of `train` for trainable methods.
         """
         raise NotImplementedError

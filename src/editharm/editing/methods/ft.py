@@ -12,8 +12,8 @@ names by substring, so on GPT-2 it also tunes c_proj's bias) and differ only in 
   and a record's loss is the mean cross-entropy of the target tokens, each predicted from the
   position before it; prompt (and padding) positions carry no loss.
 
-Targets are tokenized with `target_ids` (a leading space, no special tokens) and appended
-to the prompt's ids, as edit evaluation does. The batch loss is the mean of the records' losses.
+Targets are tokenized with `target_ids` (their ids after the prompt, as edit evaluation scores
+them) and appended to the prompt's ids. The batch loss is the mean of the records' losses.
 
 Optimisation: ΔW starts at zero and W = W₀ + ΔW, with W₀ the weights at the start of the call.
 Each step runs the forward pass with W₀ + ΔW in place of W (the model's parameters are never
@@ -137,7 +137,7 @@ class FtBatch:
 
 def make_batch(model, tok, records: list[EditRecord], objective: Objective) -> FtBatch:
     prompts = [tok(r.prompt)["input_ids"] for r in records]
-    targets = [target_ids(tok, r.target_new) for r in records]
+    targets = [target_ids(tok, r.prompt, r.target_new) for r in records]
     seqs = prompts if objective == "prompt_last" else [p + t for p, t in zip(prompts, targets)]
     inputs, _ = padded_batch(seqs, pad_id(tok), input_device(model))
     width = max(len(t) for t in targets)

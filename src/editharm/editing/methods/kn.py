@@ -10,20 +10,24 @@ of activation.
 
 Attribution. For a prompt with last-token activation a ∈ R^m at layer l and P(α) the probability
 of the ground truth's first token when that activation is replaced by α·a (every other layer and
-position as computed), the score of neuron i is the right Riemann sum, with n = `steps`,
-    attr_i = a_i / n · Σ_{k=1..n} ∂P/∂x_i at x = (k/n)·a,
-which tends to a_i ∫₀¹ ∂P/∂x_i(α a) dα, so Σ_i attr_i ≈ P(1) − P(0) (completeness). As in the
-paper's code, a layer's whole activation vector is scaled at once and every layer in `layers`
-(all by default) is attributed separately. Scaled copies run `batch_size` to a forward pass; the
-prompt's tokens before the last are run once and cached, since scaling the last token's
-activation changes nothing before it.
+position as computed), the score of neuron i is, with n = `steps`,
+    attr_i = a_i / n · Σ_{k=0..n-1} ∂P/∂x_i at x = α_k·a,   α = linspace(0, 1, n),
+the grid of the knowledge-neurons package's `scaled_input` (which EasyEdit's KN runs): α_k =
+k/(n−1), both ends included, and α = (0) for n = 1. It tends to a_i ∫₀¹ ∂P/∂x_i(α a) dα, so
+Σ_i attr_i ≈ P(1) − P(0) (completeness) for large n; for n = 1 it is a_i times the gradient with
+the activation zeroed, not at the activation itself (the paper writes the right Riemann sum,
+α_k = k/n for k = 1..n). As in the paper's code, a layer's whole
+activation vector is scaled at once and every layer in `layers` (all by default) is attributed
+separately. Scaled copies run `batch_size` to a forward pass; the prompt's tokens before the last
+are run once and cached, since scaling the last token's activation changes nothing before it.
 
 Selection. Per prompt, the neurons with attr_i > `adaptive_threshold` × (the prompt's largest
 score over all attributed layers) are its coarse neurons. The prompts are the record's prompt and,
 for each of `prompt_prefixes`, "{prefix}. {prompt}". Without `refine` the knowledge neurons are
-the union of the prompts' coarse neurons; with it, those that are coarse neurons of at least a
-share `p` of the prompts (the knowledge-neurons package keeps those above that share). The
-record's rephrase prompt is not used: it measures generalisation.
+the union of the prompts' coarse neurons; with it, those that are coarse neurons of more than a
+share `p` of the prompts (count > p × prompts, as in the paper and the knowledge-neurons package,
+so a count exactly at p × prompts is dropped). The record's rephrase prompt is not used: it
+measures generalisation.
 
 Edit. With e_old and e_new the unembedding rows (output embeddings) of the first tokens of the
 ground truth and of the new target, and s_i the sign of neuron i's activation on the record's
@@ -55,7 +59,8 @@ from editharm.core.records import EditRecord
 from editharm.editing.methods.base import METHODS, EditMethod, Stats
 from editharm.editing.methods.rome import PrefixCache
 from editharm.model.deltas import applied
-from editharm.model.modules import edited_matrix, eval_mode, get_module, input_device
+from editharm.model.architectures import architecture_by_name
+from editharm.model.modules import edited_matrix, eval_mode, input_device, input_hook
 from editharm.model.tokens import pad_id, target_ids
 
 log = logging.getLogger(__name__)
@@ -66,11 +71,6 @@ Neuron = tuple[int, int]  # (layer, index in the intermediate activation)
 # declares but never reads.
 _EASYEDIT_UNUSED = frozenset({"alg_name", "device", "model_parallel", "fp16", "max_length", "lr_scale", "n_toks"})
 
-# EasyEdit's KN files name no modules (the knowledge-neurons package knows each model family's
-# layout); the down projection is read off the model name.
-_DOWN_PROJ_BY_FAMILY = {"gpt2": "transformer.h.{}.mlp.c_proj", "llama": "model.layers.{}.mlp.down_proj"}
-
-
 @dataclass(frozen=True)
 class KnHparams(TypedParams):
     rewrite_module_tmp: str  # the MLP down projection, e.g. "model.layers.{}.mlp.down_proj"
@@ -79,7 +79,7 @@ class KnHparams(TypedParams):
     batch_size: int = 20  # scaled copies per forward pass; divides `steps`
     adaptive_threshold: float = 0.2
     refine: bool = False
-    p: float = 0.4
+    p: float = 0.4  # with `refine`, keep neurons coarse for more than this share of the prompts
     prompt_prefixes: list[str] = field(default_factory=list)
     erase: float = 2.0
     enhance: float = 2.0
@@ -97,7 +97,7 @@ class KnHparams(TypedParams):
         need(1 <= self.batch_size <= self.steps and self.steps % self.batch_size == 0, "batch_size",
              f"must divide steps={self.steps}")
         need(0 <= self.adaptive_threshold < 1, "adaptive_threshold", "must be in [0, 1)")
-        need(0 < self.p <= 1, "p", "must be in (0, 1]")
+        need(0 <= self.p < 1, "p", "must be in [0, 1)")
         need(self.erase >= 0, "erase", "must be ≥ 0")
         need(self.enhance >= 0, "enhance", "must be ≥ 0")
 
@@ -110,34 +110,30 @@ class KnHparams(TypedParams):
     @classmethod
     def from_easyedit(cls, d: Mapping[str, Any]) -> "KnHparams":
         """Read an EasyEdit KN hparams mapping; without `rewrite_module_tmp` the down projection's
-        template is taken from `model_name` (a GPT-2 or Llama-family name)."""
+        template is the family's (`editharm.model.architectures`) that `model_name` names: EasyEdit's KN
+        files name no modules, the knowledge-neurons package knows each family's layout."""
         d = {k: v for k, v in d.items() if k not in _EASYEDIT_UNUSED}
         model_name = d.pop("model_name", "")
         if "rewrite_module_tmp" not in d:
-            family = [f for f in _DOWN_PROJ_BY_FAMILY if f in str(model_name).lower()]
-            if len(family) != 1:
-                raise ValueError(f"KnHparams: model_name={model_name!r} names no known model family "
-                                 f"({', '.join(_DOWN_PROJ_BY_FAMILY)}); add rewrite_module_tmp")
-            d["rewrite_module_tmp"] = _DOWN_PROJ_BY_FAMILY[family[0]]
+            try:
+                d["rewrite_module_tmp"] = architecture_by_name(model_name).mlp_out
+            except ValueError as exc:
+                raise ValueError(f"KnHparams: {exc}; add rewrite_module_tmp") from None
         return cls.from_dict(d)
 
 
 def _first_token(tok, text: str, what: str, record: EditRecord) -> int:
     if not text:
         raise ValueError(f"edit record {record.id!r}: KN needs a non-empty {what}")
-    return target_ids(tok, text)[0]
+    return target_ids(tok, record.prompt, text)[0]
 
 
 @torch.no_grad()
 def last_token_activations(model, ids: list[int], paths: list[str]) -> torch.Tensor:
     """(layers, intermediate): each down projection's input at the last token of `ids`."""
     seen: dict[str, torch.Tensor] = {}
-    handles = [
-        get_module(model, path).register_forward_pre_hook(
-            lambda _m, args, path=path: seen.__setitem__(path, args[0][0, -1].float())
-        )
-        for path in paths
-    ]
+    handles = [input_hook(model, path, lambda x, path=path: seen.__setitem__(path, x[0, -1].float()))
+               for path in paths]
     try:
         model(input_ids=torch.tensor([ids], device=input_device(model)), use_cache=False, logits_to_keep=1)
     finally:
@@ -146,25 +142,30 @@ def last_token_activations(model, ids: list[int], paths: list[str]) -> torch.Ten
     return torch.stack([seen[path] for path in paths])
 
 
+def alpha_grid(steps: int) -> torch.Tensor:
+    """The activation scales at which gradients are summed: linspace(0, 1, steps), as the reference."""
+    return torch.linspace(0, 1, steps)
+
+
 def integrated_gradients(
     model, tok, ids: list[int], answer: int, paths: list[str], activations: torch.Tensor, hparams: KnHparams
 ) -> torch.Tensor:
     """(layers, intermediate) attribution scores of every neuron of `paths` for P(answer | ids)."""
     rows = hparams.batch_size
     cache = PrefixCache(model, [ids] * rows, [len(ids) - 1] * rows, pad_id(tok))
-    alphas = torch.arange(1, hparams.steps + 1, device=activations.device, dtype=torch.float32) / hparams.steps
+    alphas = alpha_grid(hparams.steps).to(activations.device)
     scores = []
     for path, act in zip(paths, activations):
         total = torch.zeros_like(act)
         for chunk in alphas.split(rows):
             scaled = (chunk[:, None] * act[None]).requires_grad_(True)
 
-            def replace_last(_m, args, scaled=scaled):
-                x = args[0].clone()
+            def replace_last(x, scaled=scaled):
+                x = x.clone()
                 x[:, -1] = scaled.to(x.dtype)
-                return (x, *args[1:])
+                return x
 
-            handle = get_module(model, path).register_forward_pre_hook(replace_last)
+            handle = input_hook(model, path, replace_last)
             try:
                 prob = cache.logits(model, 1)[:, -1].float().softmax(-1)[:, answer]
             finally:
@@ -183,22 +184,28 @@ def coarse_neurons(scores: torch.Tensor, layers: list[int], threshold: float) ->
     return {(layers[r], c) for r, c in zip(rows.tolist(), cols.tolist())}
 
 
+def shared_neurons(per_prompt: list[set[Neuron]], p: Optional[float]) -> list[Neuron]:
+    """Sorted neurons that are coarse for more than a share `p` of the prompts (for any, when `p` is None)."""
+    counts = Counter(n for neurons in per_prompt for n in neurons)
+    need = 0.0 if p is None else p * len(per_prompt)
+    return sorted(n for n, c in counts.items() if c > need)
+
+
 def knowledge_neurons(model, tok, record: EditRecord, hparams: KnHparams) -> tuple[list[Neuron], dict[Neuron, float]]:
     """The record's knowledge neurons (sorted) and each one's activation on the record's prompt."""
     answer = _first_token(tok, record.ground_truth, "ground_truth", record)
     layers = hparams.layer_indices(model)
     paths = hparams.module_paths(model)
     prompts = [record.prompt] + [f"{prefix}. {record.prompt}" for prefix in hparams.prompt_prefixes]
-    counts: Counter[Neuron] = Counter()
+    coarse: list[set[Neuron]] = []
     activations = []
     with eval_mode(model), torch.enable_grad():
         for prompt in prompts:
             ids = tok(prompt)["input_ids"]
             activations.append(last_token_activations(model, ids, paths))
             scores = integrated_gradients(model, tok, ids, answer, paths, activations[-1], hparams)
-            counts.update(coarse_neurons(scores, layers, hparams.adaptive_threshold))
-    need = hparams.p * len(prompts) if hparams.refine else 1
-    neurons = sorted(n for n, c in counts.items() if c >= need)
+            coarse.append(coarse_neurons(scores, layers, hparams.adaptive_threshold))
+    neurons = shared_neurons(coarse, hparams.p if hparams.refine else None)
     return neurons, {(l, i): activations[0][layers.index(l), i].item() for l, i in neurons}
 
 

@@ -6,14 +6,17 @@ For records i = 1..n and edited layers l₁ < … < L:
       stream, so this is also a shift of the residual after L;
   zᵢ = hᴸᵢ + δᵢ, hᴸᵢ the residual after L at the subject's last token of the bare prompt;
 then for each layer l in ascending order, against the model with the lower layers already updated:
-  K = [k̄₁ … k̄ₙ] the rewritten module's inputs at the subject's last token, averaged over the
-      context prefixes (in × n); R = (Z − Hᴸ) / (layers left, l included), Hᴸ recomputed because
-      the lower layers' updates moved it;
+  K = [k̄₁ … k̄ₙ] the rewritten module's inputs at the subject's last token, averaged within each
+      group of context prefixes and then over the groups, as the reference code's compute_ks does
+      (`rome.context_groups`: the bare prompt alone is one group, so with one group of generated
+      prefixes it carries half of k̄) (in × n); R = (Z − Hᴸ) / (layers left, l included), Hᴸ
+      recomputed because the lower layers' updates moved it;
   ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, the minimiser of ‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ), with C = E[k kᵀ]
       of the module's input over a corpus (the identity without second-moment statistics) and
       λ = mom2_update_weight; it is applied before the next layer's keys are read.
-The model is restored at the end; `compute_delta` returns every layer's ΔW. AlphaEdit reuses the
-layer loop (`spread_over_layers`) with its own solve.
+The context prefixes are generated once per edit sequence, from the unedited model
+(`rome.sequence_contexts`). The model is restored at the end; `compute_delta` returns every
+layer's ΔW. AlphaEdit reuses the layer loop (`spread_over_layers`) with its own solve.
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ from editharm.editing.methods.base import METHODS, EditMethod, Stats
 from editharm.editing.methods.rome import (
     RomeHparams,
     check_shift_hparams,
-    context_prefixes,
     encode_subject,
+    sequence_contexts,
     subject_keys,
     target_shift,
 )
@@ -151,11 +154,20 @@ def block_outputs(model, tok, records: list[EditRecord], hparams: SpreadHparams,
     return out[torch.arange(len(records), device=cols.device), cols].double()
 
 
+def group_mean(rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The mean over groups of each group's mean row; `rows` holds the groups' rows in order."""
+    return torch.stack([group.mean(0) for group in rows.split(sizes)]).mean(0)
+
+
 def layer_keys(model, tok, records: list[EditRecord], hparams: SpreadHparams, layer: int,
-               prefixes: list[str]) -> torch.Tensor:
-    """K: the rewritten module's input at each subject's last token, averaged over prefixes (in × n, float64)."""
+               groups: list[list[str]]) -> torch.Tensor:
+    """K: the rewritten module's input at each subject's last token, averaged within each group of
+    prefixes, then over the groups (in × n, float64)."""
     view = hparams.at_layer(layer)
-    return torch.stack([subject_keys(model, tok, r, view, prefixes).mean(0) for r in records], 1).double()
+    prefixes = [prefix for group in groups for prefix in group]
+    sizes = [len(group) for group in groups]
+    return torch.stack([group_mean(subject_keys(model, tok, r, view, prefixes), sizes) for r in records],
+                       1).double()
 
 
 def target_values(model, tok, records: list[EditRecord], hparams: SpreadHparams,
@@ -173,19 +185,21 @@ def target_values(model, tok, records: list[EditRecord], hparams: SpreadHparams,
     return current + torch.stack(shifts)
 
 
-def spread_over_layers(model, tok, records: list[EditRecord], hparams: SpreadHparams, solve: Solve) -> list[LayerStep]:
-    """The layer loop MEMIT and AlphaEdit share; `solve` turns a layer's K and R into its ΔW. Model restored."""
+def spread_over_layers(model, tok, records: list[EditRecord], hparams: SpreadHparams, solve: Solve,
+                       state: Optional[dict[str, Any]] = None) -> list[LayerStep]:
+    """The layer loop MEMIT and AlphaEdit share; `solve` turns a layer's K and R into its ΔW; the
+    context prefixes are the sequence's (`state`, see `rome.sequence_contexts`). Model restored."""
     if not records:
         raise ValueError("compute_delta needs at least one record")
-    prefixes = context_prefixes(model, tok, hparams.at_layer(hparams.layers[-1]))
-    targets = target_values(model, tok, records, hparams, prefixes)
+    groups = sequence_contexts(model, tok, hparams.at_layer(hparams.layers[-1]), state)
+    targets = target_values(model, tok, records, hparams, [prefix for group in groups for prefix in group])
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     steps: list[LayerStep] = []
     try:
         for i, layer in enumerate(hparams.layers):
             path = hparams.module_path(layer)
             name, weight, transposed = edited_matrix(model, path)
-            keys = layer_keys(model, tok, records, hparams, layer, prefixes)
+            keys = layer_keys(model, tok, records, hparams, layer, groups)
             gap = targets - block_outputs(model, tok, records, hparams, hparams.layers[-1])
             residual = (gap / (len(hparams.layers) - i)).T.to(keys.device)
             update = solve(path, keys, residual)
@@ -233,7 +247,7 @@ class Memit(EditMethod):
 
     @classmethod
     def steps(cls, model, tok, records: list[EditRecord], hparams: MemitHparams, *,
-              stats: Optional[Stats] = None) -> list[LayerStep]:
+              stats: Optional[Stats] = None, state: Optional[dict[str, Any]] = None) -> list[LayerStep]:
         if hparams.mom2_adjustment and stats is None:
             raise ValueError("mom2_adjustment is on but no second-moment statistics were given")
 
@@ -241,12 +255,12 @@ class Memit(EditMethod):
             c = stats(path) if hparams.mom2_adjustment else None
             return memit_update(keys, residual, c, hparams.mom2_update_weight)
 
-        return spread_over_layers(model, tok, records, hparams, solve)
+        return spread_over_layers(model, tok, records, hparams, solve, state)
 
     @classmethod
     def compute_delta(
         cls, model, tok, records: list[EditRecord], hparams: MemitHparams, *, stats: Optional[Stats] = None,
-        state=None, editor=None,
+        state: Optional[dict[str, Any]] = None, editor=None,
     ) -> dict[str, torch.Tensor]:
-        """All records in one solve per layer; the model is restored."""
-        return {step.name: step.update for step in cls.steps(model, tok, records, hparams, stats=stats)}
+        """All records in one solve per layer; the model is restored, `state` keeps the sequence's prefixes."""
+        return {step.name: step.update for step in cls.steps(model, tok, records, hparams, stats=stats, state=state)}

@@ -6,12 +6,17 @@ gradient of the edit loss L (target NLL after the prompt) is a sum of rank-one t
 normalised pair z_t = [u_t; δ_t] to (ũ_t, δ̃_t), and the edit is ΔW = −α Σ_t δ̃_t ũ_tᵀ with a
 learned step α per edited matrix.
 
-g is a stack of `n_hidden` residual blocks x ← x + U act(s ⊙ (V x + b) + o), V (rank × dim),
-U (dim × rank): a low-rank MLP. U starts at zero, so an untrained g is the identity, and with the
-untrained normalisation (mean 0, std 1) the untrained edit is −α ∇W, plain gradient descent.
-Matrices of one shape share g (`shared`); the scale s and shift o are per matrix, so shared
-blocks still treat layers differently. `combine` runs one g on [u; δ]; otherwise u and δ get
-their own g (`x_only`, `delta_only`, `one_sided` keep one side as it is).
+g is the reference's IDMLP (EasyEdit easyeditor/trainer/algs/local_nn.py, `IDMLP` and
+`LRLinear`): `n_hidden` + 1 low-rank layers of the input's own width D, each
+x ← x + relu(s_m ⊙ (U V x + b) + o_m), with V (r × D), U (D × r), r = min(rank, D), and the bias b,
+scale s_m and shift o_m all of width D. U starts at zero and V standard normal, so an untrained g
+is the identity, and with the untrained normalisation (mean 0, std 1) the untrained edit is
+−α ∇W, plain gradient descent. `init: xavier` instead draws U and V Xavier-uniform and drops the
+residual (x ← relu(…)), as the reference does. Matrices of one shape share g (`shared`); each
+matrix m of a shape then has its own row s_m, o_m ("mode"), so shared layers still treat matrices
+differently; unshared networks have no scale and shift, as in the reference. `combine` runs one g
+on [u; δ]; otherwise u and δ get their own g (`x_only`, `delta_only`, `one_sided` keep one side as
+it is).
 
 Training (`Mend.train`) fits the normalisation to the train split's u and δ, then, per step, edits
 a batch of records with the editor, runs the edited model functionally (W + ΔW keeps the graph to
@@ -29,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
@@ -42,20 +46,24 @@ from editharm.model.tokens import pad_id, padded_batch, target_ids
 log = logging.getLogger(__name__)
 
 # EasyEdit/MEND keys with no effect here: bookkeeping, where and how to run, logging and saving,
-# `seed` (train takes the seed as an argument) and `cbase`, which weighs a base-model loss that is
-# only trained with `train_base`, fixed to False below.
+# `seed` (train takes the seed as an argument), `cbase`, which weighs a base-model loss that is
+# only trained with `train_base` (fixed to False below), and keys EasyEdit's MEND reads nowhere:
+# `hidden_dim` (GradientTransform passes its own, which IDMLP ignores), `dropout`, `half`,
+# `no_grad_layers`.
 _EASYEDIT_UNUSED = frozenset({
     "alg", "alg_name", "archive", "model_name", "model_class", "tokenizer_class", "tokenizer_name", "device",
     "model_parallel", "results_dir", "seed", "silent", "verbose", "debug", "save", "eval_only", "final_eval",
     "log_interval", "eval_log_interval", "model_save_pt", "max_length", "cbase",
+    "hidden_dim", "dropout", "half", "no_grad_layers",
 })
-# EasyEdit/MEND keys accepted only at the one value this implementation has.
-_EASYEDIT_FIXED: dict[str, Any] = {
-    "init": "id", "mlp_class": "IDMLP", "opt": "Adam", "dropout": 0.0, "train_base": False,
-    "no_grad_layers": None, "hidden_dim": None, "half": False,
-}
-_ACTS = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu}
+# EasyEdit/MEND keys accepted only at the one value this implementation has: `mlp_class` MLP is
+# not buildable by EasyEdit's GradientTransform either (it passes n_modes, which MLP lacks), and
+# IDMLP ignores `act` (every layer clamps at 0), so only relu says what is run.
+_EASYEDIT_FIXED: dict[str, Any] = {"mlp_class": "IDMLP", "act": "relu", "opt": "Adam", "train_base": False}
 _PARAM = re.compile(r"^(?P<head>.+?)\.(?P<layer>\d+)\.(?P<tail>.+)\.weight$")
+# Editors carry this record of their architecture (a uint8 tensor holding `_architecture`'s text),
+# so an editor saved by another architecture is refused rather than misread.
+ARCH_KEY = "arch"
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,9 @@ class MendHparams(TypedParams):
     lr_lr: float = 1e-4  # Adam step size for the α
     lr: float = 1e-6  # Adam step size for the editor networks
     lr_scale: float = 1.0  # multiplies ΔW at edit time (not in training)
-    rank: int = 1920  # hidden width of each low-rank block
-    n_hidden: int = 1  # residual blocks per network
-    act: Literal["relu", "tanh", "gelu"] = "relu"
+    rank: int = 1920  # inner width of each low-rank layer (capped at the layer's width)
+    n_hidden: int = 1  # each network has n_hidden + 1 layers
+    init: Literal["id", "xavier"] = "id"  # id: U = 0 and residual layers; xavier: no residual
     norm: bool = True  # normalise u and δ with statistics of the train split
     combine: bool = True  # one network on [u; δ]
     x_only: bool = False  # transform u only
@@ -126,8 +134,7 @@ class MendHparams(TypedParams):
         for key, only in _EASYEDIT_FIXED.items():
             value = d.pop(key, only)
             if value != only:
-                raise ValueError(f"MendHparams: {key}={value!r} cannot be honoured "
-                                 f"(only {key}={only!r} is implemented)")
+                raise ValueError(f"MendHparams: {key}={value!r} cannot be honoured; allowed: {only!r}")
         if "inner_params" in d:
             d["layers"], d["rewrite_module_tmps"] = _split_inner_params(d.pop("inner_params"))
         if "max_iters" in d:
@@ -192,8 +199,12 @@ def _sides(site: Site, hparams: MendHparams) -> dict[str, int]:
     return {**({"u": site.d_in} if u else {}), **({"d": site.d_out} if d else {})}
 
 
+def _rank(hparams: MendHparams, dim: int) -> int:
+    return min(hparams.rank, dim)
+
+
 def editor_shapes(sites: list[Site], hparams: MendHparams) -> dict[str, tuple[int, ...]]:
-    """Every tensor an editor for these sites holds, by name."""
+    """Every tensor an editor for these sites holds, by name (the architecture record aside)."""
     shapes: dict[str, tuple[int, ...]] = {}
     members: dict[str, int] = {}
     for site in sites:
@@ -205,22 +216,40 @@ def editor_shapes(sites: list[Site], hparams: MendHparams) -> dict[str, tuple[in
                 shapes[f"norm.{site.name}.{side}_mean"] = (dim,)
                 shapes[f"norm.{site.name}.{side}_std"] = (dim,)
         for side, dim in _sides(site, hparams).items():
-            for block in range(hparams.n_hidden):
-                key = f"net.{site.group}.{side}.{block}"
-                shapes.update({f"{key}.V": (hparams.rank, dim), f"{key}.b": (hparams.rank,),
-                               f"{key}.U": (dim, hparams.rank), f"{key}.scale": (members[site.group], hparams.rank),
-                               f"{key}.shift": (members[site.group], hparams.rank)})
+            for layer in range(hparams.n_hidden + 1):
+                key = f"net.{site.group}.{side}.{layer}"
+                r = _rank(hparams, dim)
+                shapes.update({f"{key}.U": (dim, r), f"{key}.V": (r, dim), f"{key}.bias": (dim,)})
+                if hparams.shared:
+                    shapes.update({f"{key}.scale": (members[site.group], dim),
+                                   f"{key}.shift": (members[site.group], dim)})
     return shapes
 
 
+def _architecture(hparams: MendHparams) -> str:
+    """What decides how an editor's tensors are read, beyond their names and shapes."""
+    return (f"mend IDMLP v1: init={hparams.init} n_hidden={hparams.n_hidden} rank={hparams.rank} "
+            f"norm={hparams.norm} combine={hparams.combine} x_only={hparams.x_only} "
+            f"delta_only={hparams.delta_only} one_sided={hparams.one_sided} shared={hparams.shared}")
+
+
+def _xavier_uniform(shape: tuple[int, int], gain: float, g: torch.Generator) -> torch.Tensor:
+    bound = gain * math.sqrt(6.0 / (shape[0] + shape[1]))
+    return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+
 def init_editor(model: torch.nn.Module, hparams: MendHparams, *, seed: int = 0) -> Editor:
-    """An untrained editor: identity networks (U = 0), identity normalisation, α = edit_lr."""
+    """An untrained editor, initialised as the reference's LRLinear: with init id, U = 0 and V standard
+    normal (so the networks are the identity); bias 0, scale 1, shift 0; identity normalisation;
+    α = edit_lr."""
     g = torch.Generator().manual_seed(seed)
-    editor: Editor = {}
+    editor: Editor = {ARCH_KEY: torch.tensor(list(_architecture(hparams).encode()), dtype=torch.uint8)}
     for key, shape in editor_shapes(edit_sites(model, hparams), hparams).items():
         kind = key.rsplit(".", 1)[1]
-        if kind == "V":
-            editor[key] = torch.randn(shape, generator=g) / math.sqrt(shape[1])
+        if kind in ("U", "V") and hparams.init == "xavier":
+            editor[key] = _xavier_uniform(shape, math.sqrt(2.0) if kind == "U" else 1.0, g)
+        elif kind == "V":
+            editor[key] = torch.randn(shape, generator=g)
         elif kind in ("scale", "u_std", "d_std"):
             editor[key] = torch.ones(shape)
         elif key.startswith("lr."):
@@ -234,10 +263,19 @@ def _check_editor(editor: Optional[Editor], sites: list[Site], hparams: MendHpar
     if editor is None:
         raise ValueError("mend edits with a trained editor: run Mend.train on a train split and pass "
                          "its output as editor=")
+    if ARCH_KEY not in editor:
+        raise ValueError(f"the editor has no {ARCH_KEY!r} record: it was saved by an earlier MEND editor "
+                         "(rank-space bottleneck, before IDMLP) and cannot be read as one; train it again "
+                         "(the train_editor rule)")
+    saved, want_arch = bytes(editor[ARCH_KEY].tolist()).decode(errors="replace"), _architecture(hparams)
+    if saved != want_arch:
+        raise ValueError(f"the editor was trained as {saved!r}, but these hparams describe {want_arch!r}; "
+                         "train it again with these hparams")
     want = editor_shapes(sites, hparams)
-    missing = sorted(set(want) - set(editor))
-    unexpected = sorted(set(editor) - set(want))
-    wrong = sorted(k for k in set(want) & set(editor) if tuple(editor[k].shape) != want[k])
+    have = set(editor) - {ARCH_KEY}
+    missing = sorted(set(want) - have)
+    unexpected = sorted(have - set(want))
+    wrong = sorted(k for k in set(want) & have if tuple(editor[k].shape) != want[k])
     if missing or unexpected or wrong:
         raise ValueError(f"the editor does not fit this model and these hparams: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
@@ -255,7 +293,7 @@ def _target_rows(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One padded batch: a row prompt + target[:-1] per (prompt, target), then the `extra` token rows;
     and labels for the (prompt, target) rows, −100 except at the positions that predict the target."""
-    rows = [(tok(p)["input_ids"], target_ids(tok, t)) for p, t in pairs]
+    rows = [(tok(p)["input_ids"], target_ids(tok, p, t)) for p, t in pairs]
     inputs = _batch(model, tok, [p + t[:-1] for p, t in rows] + list(extra))
     labels = torch.full_like(inputs["input_ids"][: len(rows)], -100)
     for i, (_, target) in enumerate(rows):
@@ -305,29 +343,38 @@ def gradient_factors(
     finally:
         for h in handles:
             h.remove()
-    # Padding takes no part in the loss; normalised, its zero δ would not stay zero.
-    mask = inputs["attention_mask"].bool()
-    return {s.name: (seen[s.name][0][0][mask].float(), g[mask].float()) for s, g in zip(sites, grads)}
+    # Tokens with a zero u or δ (padding; positions before the targets at the last layer) add nothing
+    # to ∇W but would not stay zero once normalised: the reference skips them, in its statistics too.
+    factors = {}
+    for site, grad in zip(sites, grads):
+        u = seen[site.name][0][0]
+        keep = inputs["attention_mask"].bool() & (u != 0).any(-1) & (grad != 0).any(-1)
+        factors[site.name] = (u[keep].float(), grad[keep].float())
+    return factors
 
 
 # --- the editor --------------------------------------------------------------------------------
 
 
 def _network(editor: Editor, key: str, member: int, x: torch.Tensor, hparams: MendHparams) -> torch.Tensor:
-    act = _ACTS[hparams.act]
-    for block in range(hparams.n_hidden):
-        p = f"{key}.{block}"
-        hidden = act(editor[f"{p}.scale"][member] * (x @ editor[f"{p}.V"].T + editor[f"{p}.b"])
-                     + editor[f"{p}.shift"][member])
-        x = x + hidden @ editor[f"{p}.U"].T
+    """The reference's IDMLP forward on rows x (tokens × D)."""
+    for layer in range(hparams.n_hidden + 1):
+        p = f"{key}.{layer}"
+        pre = (x @ editor[f"{p}.V"].T) @ editor[f"{p}.U"].T + editor[f"{p}.bias"]
+        if hparams.shared:
+            pre = pre * editor[f"{p}.scale"][member] + editor[f"{p}.shift"][member]
+        # clamp, not relu: its gradient at 0 is 1, and with U = 0 every pre-activation starts at 0.
+        out = pre.clamp(min=0)
+        x = x + out if hparams.init == "id" else out
     return x
 
 
 def transform(editor: Editor, site: Site, u: torch.Tensor, d: torch.Tensor, hparams: MendHparams):
     """(ũ, δ̃) for one matrix's factors."""
     if hparams.norm:
-        u = (u - editor[f"norm.{site.name}.u_mean"]) / editor[f"norm.{site.name}.u_std"]
-        d = (d - editor[f"norm.{site.name}.d_mean"]) / editor[f"norm.{site.name}.d_std"]
+        # The reference's 1e-7 keeps a feature that never varied in training finite.
+        u = (u - editor[f"norm.{site.name}.u_mean"]) / (editor[f"norm.{site.name}.u_std"] + 1e-7)
+        d = (d - editor[f"norm.{site.name}.d_mean"]) / (editor[f"norm.{site.name}.d_std"] + 1e-7)
     sides = _sides(site, hparams)
     key = f"net.{site.group}"
     if "ud" in sides:
@@ -350,7 +397,7 @@ def editor_deltas(
 
 
 def _on(editor: Editor, device: torch.device) -> Editor:
-    return {k: v.to(device=device, dtype=torch.float32) for k, v in editor.items()}
+    return {k: v if k == ARCH_KEY else v.to(device=device, dtype=torch.float32) for k, v in editor.items()}
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -358,21 +405,26 @@ def _on(editor: Editor, device: torch.device) -> Editor:
 
 def fit_normalisation(model, tok, records: list[EditRecord], sites: list[Site], editor: Editor,
                       chunk: int = 16) -> None:
-    """Set the editor's normalisation to the mean and std of u and δ over the records' tokens."""
+    """Set the editor's normalisation to the mean and (unbiased) std of u and δ over the records' tokens.
+
+    The reference keeps running statistics over the tokens of its training steps; over whole epochs
+    of the train split they are these."""
     sums: dict[str, list[torch.Tensor]] = {}
-    count = 0
+    counts: dict[str, int] = {}
     for start in range(0, len(records), chunk):
         factors = gradient_factors(model, tok, records[start:start + chunk], sites)
         for name, (u, d) in factors.items():
             parts = [u.double().sum(0), (u.double() ** 2).sum(0), d.double().sum(0), (d.double() ** 2).sum(0)]
             sums[name] = parts if name not in sums else [a + b for a, b in zip(sums[name], parts)]
-        count += next(iter(factors.values()))[0].shape[0]
+        for name, (u, _) in factors.items():
+            counts[name] = counts.get(name, 0) + u.shape[0]
     for name, (su, su2, sd, sd2) in sums.items():
+        if counts[name] < 2:
+            raise ValueError(f"mend: {counts[name]} token(s) with a nonzero gradient at {name}; "
+                             "the normalisation needs at least 2")
         for side, s, s2 in (("u", su, su2), ("d", sd, sd2)):
-            mean = s / count
-            std = (s2 / count - mean**2).clamp_min(0).sqrt()
-            # A feature that never varies carries nothing to scale; leave it as it is.
-            std = torch.where(std > 0, std, torch.ones_like(std))
+            mean = s / counts[name]
+            std = ((s2 - counts[name] * mean**2) / (counts[name] - 1)).clamp_min(0).sqrt()
             editor[f"norm.{name}.{side}_mean"].copy_(mean.float())
             editor[f"norm.{name}.{side}_std"].copy_(std.float())
 
@@ -384,7 +436,8 @@ def _meta_loss(model, tok, records: list[EditRecord], sites: list[Site], editor:
     n = len(records)
     pairs = [(r.prompt, r.target_new) for r in records] + [(r.rephrase_prompt, r.target_new) for r in records]
     # The locality answer follows its prompt, so the positions that predict it are kept too.
-    loc_rows = [tok(r.locality_prompt)["input_ids"] + target_ids(tok, r.locality_answer) for r in records]
+    loc_rows = [tok(r.locality_prompt)["input_ids"] + target_ids(tok, r.locality_prompt, r.locality_answer)
+                for r in records]
     inputs, labels = _target_rows(model, tok, pairs, loc_rows)
     loc = {k: v[2 * n:] for k, v in inputs.items()}
     with torch.no_grad():

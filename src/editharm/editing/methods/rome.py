@@ -2,7 +2,8 @@
 
 For a record (subject, prompt, target), with k the rewritten module's input at the subject's last
 token:
-  k̄ = k averaged over the bare prompt and context prefixes put before it; u = C⁻¹k̄ (C = E[k kᵀ],
+  k̄ = k averaged over the bare prompt and context prefixes put before it, all weighted equally (as
+      the reference compute_u does; MEMIT's keys weigh groups of prefixes instead); u = C⁻¹k̄ (C = E[k kᵀ],
       or the identity without second-moment statistics) is the update's row space;
   k* = the key the update maps exactly: k̄ (the paper's formula, `exact_key: mean`) or the bare
       prompt's k₀ (the reference code's form, `exact_key: prompt`);
@@ -13,8 +14,10 @@ token:
 The two forms differ when k₀ is far from k̄ (e.g. a subject that is the first token of a prompt
 for a tokenizer that adds no BOS): the paper's form then barely changes the bare prompt, the
 code's form divides by a small uᵀk₀ and makes a large update that disturbs other facts.
-The optimisation draws no random numbers (zero start, Adam, eval mode, greedy contexts), so an
-edit is a deterministic function of the weights and the record.
+The context prefixes are generated once per edit sequence, from the unedited model, and reused by
+every later edit (`sequence_contexts`), as the reference code's cache does; they are greedy, not
+sampled, so the optimisation draws no random numbers (zero start, Adam, eval mode) and an edit is a
+deterministic function of the weights, the prefixes and the record.
 """
 from __future__ import annotations
 
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 # code samples continuations of the first five; greedy decoding keeps contexts reproducible, so
 # each word yields one prefix).
 SEED_WORDS = ("The", "Therefore", "Because", "I", "You", "It", "In", "We", "This", "When")
+
+# Where a sequence's `state` keeps its context prefixes, by context settings (`sequence_contexts`).
+_CONTEXTS_KEY = "context_groups"
 
 # Below this cosine between the bare prompt's key and the mean key, edits on SmolLM2-135M failed on
 # the bare prompt (cos ≈ 0.15: one-token subjects at position 0, no BOS); at 0.59 and above they held.
@@ -89,8 +95,9 @@ class RomeHparams(TypedParams):
     clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor · ‖W k* + b‖
     kl_factor: float = 0.0625
     mom2_adjustment: bool = False
-    # [[n_tokens, n_prefixes], ...]: greedy continuations of SEED_WORDS used as context prefixes
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 3]])
+    # [[n_tokens, n_prefixes], ...]: greedy continuations of SEED_WORDS used as context prefixes; the
+    # default is the reference ROME hparams' ten 5-token and ten 10-token prefixes
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
     context_prefixes: list[str] = field(default_factory=list)  # fixed prefixes, used as "{text}. "
     fact_token: Literal["subject_last"] = "subject_last"
     exact_key: Literal["mean", "prompt"] = "mean"  # see the module docstring
@@ -166,12 +173,38 @@ def _greedy_texts(model, tok, seeds: list[str], n_new: int) -> list[str]:
     return [tok.decode(s + g, skip_special_tokens=True) for s, g in zip(seqs, generated)]
 
 
-def context_prefixes(model, tok, hparams: RomeHparams) -> list[str]:
-    """Texts put before the prompt so the edit holds in varied contexts; the first is "" (bare prompt)."""
-    prefixes = [""] + [f"{text}. " for text in hparams.context_prefixes]
+def context_groups(model, tok, hparams: RomeHparams) -> list[list[str]]:
+    """Texts put before the prompt so the edit holds in varied contexts, in groups: [""] (the bare
+    prompt), then the fixed `context_prefixes` if any, then one group per [n_tokens, n] of
+    `context_template_length_params` (MEMIT-style keys average within each group first)."""
+    groups = [[""]]
+    if hparams.context_prefixes:
+        groups.append([f"{text}. " for text in hparams.context_prefixes])
     for n_tokens, n in hparams.context_template_length_params:
-        prefixes += [f"{text}. " for text in _greedy_texts(model, tok, list(SEED_WORDS[:n]), n_tokens)]
-    return prefixes
+        groups.append([f"{text}. " for text in _greedy_texts(model, tok, list(SEED_WORDS[:n]), n_tokens)])
+    return groups
+
+
+def context_prefixes(model, tok, hparams: RomeHparams) -> list[str]:
+    """`context_groups` in one list; the first is "" (bare prompt)."""
+    return [prefix for group in context_groups(model, tok, hparams) for prefix in group]
+
+
+def sequence_contexts(model, tok, hparams: RomeHparams, state: Optional[dict[str, Any]]) -> list[list[str]]:
+    """`context_groups` generated at the sequence's first edit call and kept in its `state` for the rest.
+
+    The first call of a sequence sees the unedited weights, so every edit of the sequence uses the
+    unedited model's prefixes (the reference code caches its first ones the same way) instead of
+    regenerating them on a model that drifts as edits accumulate. Without `state` (a call outside a
+    sequence) they are generated from the current weights.
+    """
+    if state is None:
+        return context_groups(model, tok, hparams)
+    cache = state.setdefault(_CONTEXTS_KEY, {})
+    settings = (tuple(map(tuple, hparams.context_template_length_params)), tuple(hparams.context_prefixes))
+    if settings not in cache:
+        cache[settings] = context_groups(model, tok, hparams)
+    return cache[settings]
 
 
 def subject_keys(model, tok, record: EditRecord, hparams: RomeHparams, prefixes: list[str]) -> torch.Tensor:
@@ -218,7 +251,7 @@ def target_shift(
     model, tok, record: EditRecord, hparams: RomeHparams, prefixes: list[str], base: torch.Tensor
 ) -> tuple[torch.Tensor, float, int]:
     """δ to add to the module output at the subject's last token; returns (δ, final NLL, passes)."""
-    target = target_ids(tok, record.target_new)
+    target = target_ids(tok, record.prompt, record.target_new)
     n_target = len(target)
     rewrite = [encode_subject(tok, p, record.prompt, record.subject) for p in prefixes]
     # ROME's KL prompt "{subject} is a" is read at the subject's last token, where a causal model
@@ -277,11 +310,14 @@ def rank_one_update(row_space: torch.Tensor, key: torch.Tensor, residual: torch.
 
 
 def rome_step(
-    model, tok, record: EditRecord, hparams: RomeHparams, *, second_moment: Optional[torch.Tensor] = None
+    model, tok, record: EditRecord, hparams: RomeHparams, *, second_moment: Optional[torch.Tensor] = None,
+    prefixes: Optional[list[str]] = None,
 ) -> RomeStep:
-    """One ROME edit against the model's current weights (not applied)."""
+    """One ROME edit against the model's current weights (not applied); `prefixes` (bare prompt
+    first) default to `context_prefixes` of the current weights."""
     name, weight, transposed = edited_matrix(model, hparams.module_path)
-    prefixes = context_prefixes(model, tok, hparams)
+    if prefixes is None:
+        prefixes = context_prefixes(model, tok, hparams)
     keys = subject_keys(model, tok, record, hparams, prefixes)
     mean_key = keys.mean(0)
     key = mean_key if hparams.exact_key == "mean" else keys[0]  # prefixes[0] is the bare prompt
@@ -326,11 +362,13 @@ class Rome(EditMethod):
     @classmethod
     def compute_delta(
         cls, model, tok, records: list[EditRecord], hparams: RomeHparams, *, stats: Optional[Stats] = None,
-        state=None, editor=None,
+        state: Optional[dict[str, Any]] = None, editor=None,
     ) -> dict[str, torch.Tensor]:
-        """Records are edited one after another (each sees the earlier ones); the model is restored."""
+        """Records are edited one after another (each sees the earlier ones) with the sequence's
+        context prefixes (`sequence_contexts`); the model is restored."""
         if not records:
             raise ValueError("compute_delta needs at least one record")
+        prefixes = [prefix for group in sequence_contexts(model, tok, hparams, state) for prefix in group]
         second_moment = None
         if hparams.mom2_adjustment:
             if stats is None:
@@ -341,7 +379,7 @@ class Rome(EditMethod):
         total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         try:
             for i, record in enumerate(records):
-                step = rome_step(model, tok, record, hparams, second_moment=second_moment)
+                step = rome_step(model, tok, record, hparams, second_moment=second_moment, prefixes=prefixes)
                 total += step.update
                 if i < len(records) - 1:
                     weight.data += step.update.to(weight)

@@ -42,6 +42,16 @@ class Regularizer:
         """ΔW' for one parameter, in the parameter's layout."""
         raise NotImplementedError
 
+    @classmethod
+    def snapshot(cls, accumulated: torch.Tensor, params, ctx: RegContext) -> torch.Tensor:
+        """The ΔW a checkpoint holds, given the exact sum of every ΔW' `apply` returned in the sequence.
+
+        The sum itself for regularizers that act on each call; one that acts on the sequence's
+        whole ΔW (PRUNE's `final`) lets `apply` pass edits through and restrains the sum here,
+        while the edits go on from the unrestrained weights.
+        """
+        return accumulated
+
 
 REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
