@@ -91,7 +91,30 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     encoded = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
-    atomic_write(Path(path), lambda tmp: save_file(cpu, str(tmp), metadata=encoded))
+
+    def write(tmp: Path) -> None:
+        save_file(cpu, str(tmp), metadata=encoded)
+        sort_safetensors_header(tmp)
+
+    atomic_write(Path(path), write)
+
+
+def sort_safetensors_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted, in place.
+
+    The writer serialises the header from a hash map, so the order of its keys (metadata and tensor
+    entries) changes from one process to the next and identical contents give different bytes. The
+    sorted header has the same content and, written compactly, the same length; it is padded with
+    spaces (which the format allows) to the original length, so the tensor data does not move.
+    """
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > length:
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (length - len(text)))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
