@@ -39,5 +39,8 @@ test: setup $(VENV)/.installed-lmeval
 lint: setup
 	snakemake --lint
 
+# Generated results only: fetched models and datasets stay, and so do the .gitignore files under reports/.
 clean-results:
-	rm -rf data/sequences data/edits data/eval data/stats data/cache reports/index.html reports/metrics .snakemake logs benchmarks
+	rm -rf data/sequences data/edits data/eval data/stats data/cache data/editors data/probes .snakemake logs benchmarks
+	rm -f reports/index.html local-sources.json
+	find reports/metrics -type f ! -name .gitignore -delete

@@ -7,6 +7,9 @@ min_version("9.0")
 
 # `--configfile <preset>` replaces params.yaml instead of being merged into it.
 if not workflow.overwrite_configfiles:
+    from editharm.config.load import read_params
+
+    read_params("params.yaml")  # a syntax error or a key written twice, named by line and column
 
     configfile: "params.yaml"
 

@@ -3,11 +3,23 @@ import json
 import re
 import shlex
 
-from editharm.config import derive as ehc
-from editharm.config.load import validate_params
-from editharm.evaluation.tasks import TASKS as TASK_REGISTRY
+from pathlib import Path
 
-cfg = validate_params(config, source=", ".join(map(str, workflow.configfiles)) or "config")
+from snakemake_interface_executor_plugins.settings import ExecMode
+
+from editharm.config import derive as ehc
+from editharm.config.load import read_params, validate_params
+from editharm.config.runstate import check_cli, claim_workdir
+from editharm.evaluation.tasks import TASKS as TASK_REGISTRY
+from editharm.sources.local import digest_cache, source_digest
+
+check_cli()  # the rules call `editharm`: the one beside this Python, without an activated venv
+# The main process of a run holds the folder; what a killed run left (locks, temporaries) is cleared.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    claim_workdir(".")
+for _path in workflow.overwrite_configfiles:
+    read_params(_path)  # a key written twice in a --configfile (Snakemake keeps the last one silently)
+cfg = validate_params(config, source=", ".join(map(str, workflow.configfiles)) or "config", workdir=Path("."))
 
 MODELS = list(cfg["models"])
 METHODS = list(cfg["methods"])
@@ -32,6 +44,12 @@ wildcard_constraints:
 
 def as_json(value):
     return json.dumps(value, sort_keys=True)
+
+
+def local_content(source):
+    """A local: source's content digest ("" for other kinds): a fetch rule's param, so an edited
+    local file reruns its fetch job and everything downstream (README: Real data)."""
+    return source_digest(source, digest_cache(".")) if source else ""
 
 
 def sha256_flag(sha256):

@@ -12,6 +12,7 @@ rule fetch_model:
         directory("data/models/{model}"),
     params:
         source=lambda w: cfg["models"][w.model]["source"],
+        content=lambda w: local_content(cfg["models"][w.model]["source"]),
         sha256=lambda w: sha256_flag(cfg["models"][w.model].get("sha256")),
         trust=("--trust-remote-code" if cfg["trust_remote_code"] else ""),
         lock=MODEL_LOCK,
@@ -32,6 +33,7 @@ rule fetch_dataset:
         directory("data/datasets/{dataset}"),
     params:
         source=lambda w: cfg["datasets"][w.dataset],
+        content=lambda w: local_content(cfg["datasets"][w.dataset]),
         lock=DATASET_LOCK,
     log:
         "logs/fetch_dataset/{dataset}.log",
@@ -48,6 +50,7 @@ rule fetch_corpus:
         f"data/corpora/{CORPUS}.jsonl",
     params:
         source=cfg["stats"].get("corpus", ""),
+        content=local_content(cfg["stats"].get("corpus")),
         sha256=sha256_flag(cfg["stats"].get("sha256")),
         n=cfg["stats"]["n"],
         lock=CORPUS_LOCK,
@@ -69,6 +72,7 @@ rule make_heldout:
         "data/probes/heldout.jsonl",
     params:
         args=HELDOUT_ARGS,
+        content=local_content((ehc.perplexity_probe(cfg) or {}).get("corpus")),
         lock=CORPUS_LOCK,
     log:
         "logs/make_heldout.log",

@@ -148,3 +148,16 @@ def nll_by_hand(model, tok, text: str, max_tokens: int) -> tuple[float, int]:
         logits = model(torch.tensor([ids])).logits[0]
     log_probs = torch.log_softmax(logits[:-1].double(), dim=-1)
     return -log_probs.gather(-1, torch.tensor(ids[1:])[:, None]).sum().item(), len(ids) - 1
+
+
+def place_preset_downloads(workdir) -> None:
+    """The files the paper presets read from `local:data/downloads/...` (the README says where to get
+    them), as the demo's stand-ins, so a preset validates and dry-runs in `workdir`."""
+    import shutil
+    from pathlib import Path
+
+    from editharm.data.catalog import DEMO_DIR
+
+    target = Path(workdir) / "data" / "downloads" / "zsre_mem_train.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEMO_DIR / "zsre_demo_train.json", target)

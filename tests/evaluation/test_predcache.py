@@ -109,7 +109,9 @@ def test_cached_predictions_are_not_decoded_again(saved, monkeypatch):
     pd.testing.assert_frame_equal(other, first[1])
 
 
-def test_only_items_missing_from_the_cache_reach_the_model(tiny_llama, tmp_path, monkeypatch):
+def test_outputs_are_reused_only_for_the_same_batches(tiny_llama, tmp_path, monkeypatch):
+    """A row's output depends (by float rounding) on what it is batched with, so the cache serves a job
+    only the outputs of the same items in the same batches: never a mix of two batchings."""
     model, tok = tiny_llama
     task = TASKS.get("gsm8k")
     items = task.load_items(DEMO_DIR / "gsm8k", limit=5)
@@ -124,13 +126,19 @@ def test_only_items_missing_from_the_cache_reach_the_model(tiny_llama, tmp_path,
     monkeypatch.setattr(evaluation, "greedy_generate", counting)
     small, _ = evaluation.evaluate_task(model, tok, task, items[:3], batch_size=2, cache=cache)
     assert len(decoded) == 3
+    again, _ = evaluation.evaluate_task(model, tok, task, items[:3], batch_size=2, cache=cache)
+    assert len(decoded) == 3  # the same job again: nothing decoded
+    pd.testing.assert_frame_equal(again, small)
     full, _ = evaluation.evaluate_task(model, tok, task, items, batch_size=2, cache=cache)
-    assert decoded[3:] == [task.render(item) for item in items[3:]]  # only the two new items
-    pd.testing.assert_frame_equal(full.iloc[:3].reset_index(drop=True), small)
+    assert decoded[3:] == [task.render(item) for item in items]  # other batches: every item decoded
+    fresh, _ = evaluation.evaluate_task(model, tok, task, items, batch_size=2)
+    assert full["raw"].tolist() == fresh["raw"].tolist()
+    evaluation.evaluate_task(model, tok, task, items[:3], batch_size=3, cache=cache)
+    assert len(decoded) == 16  # another batch size: decoded again (5 of the uncached run above)
     # another token limit is another decoding: nothing is reused across it
     shorter = task.with_options(max_new_tokens=task.max_new_tokens - 1)
-    evaluation.evaluate_task(model, tok, shorter, items[:2], batch_size=2, cache=cache)
-    assert len(decoded) == 7
+    evaluation.evaluate_task(model, tok, shorter, items[:3], batch_size=2, cache=cache)
+    assert len(decoded) == 19
 
 
 def test_mismatched_outputs_fail_before_the_model_loads(saved, capsys):

@@ -1,5 +1,6 @@
 """The papers' grids as `--configfile` presets: each dry-runs to the job list worked out by hand."""
 import pytest
+from helpers import place_preset_downloads
 from test_workflow import ROOT, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -33,6 +34,7 @@ def rect_grid(model_stats_modules: int) -> dict[str, int]:
     ("rect-llama-2-7b", 5),  # MEMIT's layers 4-8 (ROME's Llama preset uses C = I)
 ])
 def test_rect_presets_dry_run_to_the_paper_grid(tmp_path, preset, stats_modules):
+    place_preset_downloads(tmp_path)
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(ROOT / "configs" / f"{preset}.yaml"))
     out = proc.stdout + proc.stderr
     assert job_counts(out) == rect_grid(stats_modules)
@@ -44,6 +46,7 @@ def test_rect_presets_dry_run_to_the_paper_grid(tmp_path, preset, stats_modules)
 
 
 def test_knowedit_preset_dry_runs_single_edits_of_each_method(tmp_path):
+    place_preset_downloads(tmp_path)
     preset = str(ROOT / "configs" / "knowedit-llama-2-7b-chat.yaml")
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", preset)
     counts = {

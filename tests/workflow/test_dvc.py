@@ -19,7 +19,7 @@ from test_workflow import ROOT, tiny_params
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
 pytestmark = pytest.mark.workflow
-PROJECT = ["Snakefile", "dvc.yaml", "Makefile", "rules", "src/editharm", ".dvc/config", ".dvc/.gitignore",
+PROJECT = ["Snakefile", "dvc.yaml", "Makefile", "rules", "profiles", "src/editharm", ".dvc/config", ".dvc/.gitignore",
            ".dvcignore", ".gitignore"]
 # Jobs every change reruns: the tables and report that gather all results.
 SUMMARY_RULES = {"aggregate_metrics", "build_report", "all"}

@@ -7,7 +7,7 @@ from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
-import yaml
+from editharm.core.yamlfile import read_yaml
 
 
 def preset_path(method_kind: str, preset: str) -> Path:
@@ -27,7 +27,7 @@ def method_hparams(cfg: dict, model: str, label: str) -> dict:
         path = Path(spec["easyedit"])
         if not path.is_file():
             raise FileNotFoundError(f"EasyEdit hparams file {str(path)!r} (methods.{label}.easyedit) does not exist")
-        base = Hparams.from_easyedit(yaml.safe_load(path.read_text()) or {}).to_dict()
+        base = Hparams.from_easyedit(read_yaml(path) or {}).to_dict()
     else:
         preset = cfg["models"][model]["preset"]
         path = preset_path(kind, preset)
@@ -36,7 +36,7 @@ def method_hparams(cfg: dict, model: str, label: str) -> dict:
             raise FileNotFoundError(
                 f"no {kind} preset {preset!r} (models.{model}.preset); available: {', '.join(available) or '(none)'}"
             )
-        base = {**module_defaults(cfg, model, Hparams), **(yaml.safe_load(path.read_text()) or {})}
+        base = {**module_defaults(cfg, model, Hparams), **(read_yaml(path) or {})}
         unnamed = [f.name for f in fields(Hparams) if f.name in TEMPLATE_KEYS
                    and f.name not in base and f.name not in spec.get("hparams", {})]
         if unnamed:

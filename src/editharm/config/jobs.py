@@ -34,3 +34,20 @@ def validate(params: Path) -> None:
     cfg = load_params(params)
     print(f"{params}: valid ({len(cfg['models'])} model(s), {len(cfg['methods'])} method(s), "
           f"{len(cfg['regularizers'])} regularizer(s), {len(cfg['evaluation']['tasks'])} task(s))")
+
+
+def local_digests(params: Path, out: Path) -> None:
+    """Write the content digest of every `local:` source that `params` names (a JSON object by params
+    key), so that `dvc repro` sees a local model, dataset or corpus changed in place."""
+    from editharm.config.load import read_params
+    from editharm.core.fileio import write_json
+    from editharm.sources.local import digest_cache, source_digest
+
+    raw = read_params(params)
+    named = {f"models.{name}.source": (spec or {}).get("source") for name, spec in (raw.get("models") or {}).items()}
+    named |= {f"datasets.{name}": text for name, text in (raw.get("datasets") or {}).items()}
+    named["stats.corpus"] = (raw.get("stats") or {}).get("corpus")
+    named["probes.perplexity.corpus"] = ((raw.get("probes") or {}).get("perplexity") or {}).get("corpus")
+    cache = digest_cache(".")
+    digests = {key: source_digest(text, cache) for key, text in named.items() if isinstance(text, str)}
+    write_json(out, {key: value for key, value in digests.items() if value})

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from editharm.config.derive import (
     method_hparams,
@@ -21,7 +20,9 @@ from editharm.config.derive import (
     stats_modules,
     train_dataset,
 )
+from editharm.config import sources as checks
 from editharm.core.registry import UnknownNameError
+from editharm.core.yamlfile import YamlFileError, read_yaml
 
 
 class ParamsError(ValueError):
@@ -64,6 +65,8 @@ def _schema_error(err: jsonschema.ValidationError, source: str) -> ParamsError:
         bad = err.instance
         hint = f"; allowed: {', '.join(allowed)}" if allowed else f" ({err.message})"
         return ParamsError(f"{source}: key {where!r} has an entry {bad!r} that is not allowed{hint}")
+    if err.validator == "pattern":
+        return ParamsError(f"{source}: key {where!r} is {err.instance!r}; allowed: values matching {err.validator_value}")
     if err.validator == "enum":
         return ParamsError(
             f"{source}: key {where!r} is {err.instance!r}; allowed: {', '.join(map(str, err.validator_value))}"
@@ -71,19 +74,32 @@ def _schema_error(err: jsonschema.ValidationError, source: str) -> ParamsError:
     return ParamsError(f"{source}: key {where!r}: {err.message}")
 
 
-def load_params(path: str | Path) -> dict:
-    path = Path(path)
+def read_params(path: str | Path) -> dict:
+    """The mapping in a params file, read strictly: a syntax error or a key written twice names the
+    file, line and column (editharm.core.yamlfile)."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return validate_params(raw or {}, source=str(path))
+        raw = read_yaml(path)
+    except YamlFileError as exc:
+        raise ParamsError(str(exc)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of params keys at the top level, got {type(raw).__name__}")
+    return raw
 
 
-def validate_params(raw: dict, source: str = "params.yaml") -> dict:
-    """Return a validated deep copy of `raw` with defaults filled in; raise ParamsError otherwise."""
+def load_params(path: str | Path, workdir: Path | None = Path(".")) -> dict:
+    """Read and validate a params file; `workdir` as for `validate_params`."""
+    return validate_params(read_params(path), source=str(path), workdir=workdir)
+
+
+def validate_params(raw: dict, source: str = "params.yaml", workdir: Path | None = None) -> dict:
+    """Return a validated deep copy of `raw` with defaults filled in; raise ParamsError otherwise.
+
+    With `workdir` (the folder the workflow runs in), a model an earlier run fetched there is checked
+    too, and the local datasets already read in full are remembered there (under .snakemake/)."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of params keys at the top level, got {type(raw).__name__}")
     cfg = copy.deepcopy(dict(raw))
     schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -91,24 +107,38 @@ def validate_params(raw: dict, source: str = "params.yaml") -> dict:
     if errors:
         raise _schema_error(errors[0], source)
     _fill_defaults(schema, cfg)
-    _check_names(cfg, source)
+    try:
+        _check_names(cfg, source, workdir)
+    except checks.SourceProblem as exc:
+        raise ParamsError(f"{source}: key {exc.key!r}: {exc}") from None
     return cfg
 
 
-def _check_names(cfg: dict, source: str) -> None:
+def _check_names(cfg: dict, source: str, workdir: Path | None) -> None:
     from editharm.data.catalog import DATASET_NAMES
     from editharm.data.editsets import edit_set
     from editharm.editing.methods import METHODS
     from editharm.editing.regularizers import REGULARIZERS
     from editharm.evaluation.tasks import TASKS
 
+    from editharm.sources.local import digest_cache
+
+    folders = {}
     for name, spec in cfg["models"].items():
-        _check_architecture(name, spec, source)
+        fetched = workdir / "data" / "models" / name if workdir is not None else None
+        folders[name] = checks.model_folder(name, spec["source"], fetched)
+        _check_architecture(name, spec, folders[name], source)
     for name in cfg["datasets"]:
         if name not in DATASET_NAMES:
             raise ParamsError(
                 f"{source}: key 'datasets.{name}' is not a known dataset; allowed: {', '.join(sorted(DATASET_NAMES))}"
             )
+    state = workdir / ".snakemake" / "editharm" if workdir is not None else None
+    for name, text in cfg["datasets"].items():
+        checks.dataset_source(name, text, state / "checked-datasets.json" if state else None,
+                              digest_cache(workdir) if workdir is not None else None)
+    if cfg["stats"].get("corpus"):
+        checks.corpus_source("stats.corpus", cfg["stats"]["corpus"])
     seq_ds = cfg["sequences"]["dataset"]
     if seq_ds not in cfg["datasets"]:
         raise ParamsError(
@@ -147,6 +177,8 @@ def _check_names(cfg: dict, source: str) -> None:
     if probe and not probe["corpus"]:
         raise ParamsError(f"{source}: key 'probes.perplexity.corpus' is null and 'stats.corpus' is not set; "
                           "allowed: a corpus source (pypi:, local:, hf:), or set stats.corpus")
+    if probe and cfg["probes"]["perplexity"]["corpus"]:
+        checks.corpus_source("probes.perplexity.corpus", probe["corpus"])
     for label, spec in cfg["methods"].items():
         _registered(METHODS, "methods", label, spec, source)
         for model in cfg["models"]:
@@ -154,6 +186,8 @@ def _check_names(cfg: dict, source: str) -> None:
                 method_hparams(cfg, model, label)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 raise ParamsError(f"{source}: key 'methods.{label}.hparams' (model {model!r}): {exc}") from None
+            if folders[model] is not None:
+                _check_modules(cfg, model, label, folders[model], source)
     for label, spec in cfg["methods"].items():
         if METHODS.get(spec.get("kind", label)).trainable():
             train = train_dataset(cfg, label)
@@ -190,29 +224,45 @@ def _check_names(cfg: dict, source: str) -> None:
                                           f"method {method!r} edits, which it cannot name: {exc}") from None
 
 
-def _check_architecture(name: str, spec: dict, source: str) -> None:
-    """A declared architecture is a supported one; so is a local model folder's (its config.json),
-    and it is the declared one. A Hub or wheel model's is known once fetched (the fetch_model job)."""
+def _check_architecture(name: str, spec: dict, folder: Path | None, source: str) -> None:
+    """A declared architecture is a supported one; so is the model folder's (its config.json), when
+    there is one already (local, or fetched by an earlier run), and it is the declared one."""
     from editharm.model.architectures import ARCHITECTURES, architecture_of_folder
-    from editharm.sources.grammar import SourceError, parse_source
 
     declared = spec.get("architecture")
     if declared is not None and declared not in ARCHITECTURES:
         raise ParamsError(f"{source}: key 'models.{name}.architecture' is {declared!r}, not a supported "
                           f"architecture; allowed: {', '.join(ARCHITECTURES.names())}")
-    try:
-        model = parse_source(spec["source"], "model")
-    except SourceError:
-        return  # the fetch_model job names what is wrong with the source
-    if model.kind != "local" or not (Path(model.target) / "config.json").is_file():
+    if folder is None:
         return
     try:
-        found = architecture_of_folder(model.target).model_type
+        found = architecture_of_folder(folder).model_type
     except (KeyError, ValueError) as exc:
         raise ParamsError(f"{source}: key 'models.{name}.source': {exc}") from None
     if declared is not None and declared != found:
         raise ParamsError(f"{source}: key 'models.{name}.architecture' is {declared!r} but the model at "
-                          f"{model.target} is {found!r}")
+                          f"{folder} is {found!r}")
+
+
+def _check_modules(cfg: dict, model: str, label: str, folder: Path, source: str) -> None:
+    """The modules method `label` edits or reads statistics of are in the model's weights (a layer
+    index past the model's depth fails here, not in the statistics job)."""
+    from editharm.editing.methods import METHODS
+
+    resolved = method_hparams(cfg, model, label)
+    cls = METHODS.get(resolved["kind"])
+    hp = cls.Hparams.from_dict(resolved["hparams"])
+    try:
+        modules = list(dict.fromkeys([*cls.edited_modules(hp), *cls.stats_modules(hp)]))
+    except (ValueError, NotImplementedError):
+        return  # known only from the loaded model (kn over every layer)
+    missing = checks.missing_modules(modules, checks.tensor_names(folder))
+    if missing:
+        layers = checks.depth(folder)
+        has = f"it has {layers} layers, 0 to {layers - 1}" if layers else "see its config.json"
+        raise ParamsError(f"{source}: key 'methods.{label}.hparams' (model {model!r}): module(s) {missing} are not "
+                          f"in the model at {folder} ({has}); allowed: modules of that model, layer indices "
+                          "below its depth")
 
 
 def _registered(registry, section: str, label: str, spec: dict, source: str) -> str:

@@ -21,14 +21,24 @@ from safetensors.torch import save_file
 SOURCE_MANIFEST = "editharm-source.json"
 
 
+def _umask() -> int:
+    """The process umask. It can only be read by setting it, so it is set to 0 and put back at once;
+    a file another thread creates in between gets the unmasked mode (jobs write from one thread)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary file in the same folder, then rename it to `path`.
-    A plainly created temp file (not mkstemp's 0600) leaves the result with umask permissions."""
+    The result has the mode a plain `open` gives under the umask (0o666 & ~umask), whatever mode
+    the writer created the temp file with."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -37,13 +47,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 @contextmanager
 def staging_dir(dest: Path) -> Iterator[Path]:
-    """A temporary folder next to `dest` that replaces `dest` only if the block succeeds."""
+    """A temporary folder next to `dest` that replaces `dest` only if the block succeeds, published
+    with a plain mkdir's mode (0o777 & ~umask)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is shared like any other
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the artifact gets a plain mkdir's mode
         # A folder cannot be renamed over a non-empty one: move the old one aside first.
         old = dest.with_name(f".{dest.name}.old")
         if old.exists():
@@ -55,6 +66,38 @@ def staging_dir(dest: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Every temporary file or folder a job makes next to its outputs is named ".<name>....tmp" (or
+# ".<name>.old" while a folder is replaced), so the ones a killed run left behind can be found.
+TEMPORARY_SUFFIXES = (".tmp", ".old")
+
+
+@contextmanager
+def scratch_dir(parent: Path) -> Iterator[Path]:
+    """A temporary working folder under `parent` (on the outputs' file system), removed afterwards."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".editharm-", suffix=".tmp", dir=parent) as work:
+        yield Path(work)
+
+
+def remove_temporaries(root: Path) -> list[Path]:
+    """Delete the temporaries (see TEMPORARY_SUFFIXES) under `root` that jobs killed before they
+    could clean up left behind; only safe when no job is running. Returns what was deleted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob(".*") if p.name.endswith(TEMPORARY_SUFFIXES)]
+    removed = []
+    for path in sorted(found, key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a temporary folder removed above
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def read_json(path: Path, expect: type | tuple[type, ...], what: str, error: type[Exception] = ValueError) -> Any:

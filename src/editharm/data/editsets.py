@@ -132,6 +132,11 @@ def counterfact_record(rec: Any, index: int) -> EditRecord:
     template, subject = _text(rewrite, "prompt"), _text(rewrite, "subject")
     if "{}" not in template:
         raise ValueError(f"requested_rewrite.prompt {template!r} has no '{{}}' for the subject")
+    rest = template.replace("{}", "", 1)
+    if "{" in rest or "}" in rest:  # str.format would fail on it
+        raise ValueError(
+            f"requested_rewrite.prompt {template!r} has braces besides the one '{{}}' for the subject"
+        )
     targets = {}
     for key in ("target_new", "target_true"):
         target = rewrite.get(key)
@@ -183,13 +188,17 @@ def knowedit_record(rec: Any, index: int) -> EditRecord:
     loc_prompt, loc_answer = _first_pair(rec, "locality", LOCALITY_KINDS)
     port_prompt, port_answer = _first_pair(rec, "portability", PORTABILITY_KINDS)
     truth = rec.get("ground_truth")
+    rephrase_key = "rephrase_prompt" if rec.get("rephrase_prompt") else "rephrase"
+    rephrase = rec.get(rephrase_key) or ""
+    if not isinstance(rephrase, str):
+        raise ValueError(f"field {rephrase_key!r} must be a string, got {type(rephrase).__name__}")
     return EditRecord(
         id=str(index),
         subject=_text(rec, subject_key),
         prompt=_text(rec, prompt_key),
         target_new=_first_text(rec[target_key], f"field {target_key!r}"),
         ground_truth=_first_text(truth, "field 'ground_truth'") if truth else "",
-        rephrase_prompt=rec.get("rephrase_prompt") or rec.get("rephrase") or "",
+        rephrase_prompt=rephrase,
         locality_prompt=loc_prompt,
         locality_answer=loc_answer,
         portability_prompt=port_prompt or None,

@@ -6,7 +6,8 @@ local:<path>, hf:<repo>@<revision>#<files>, url:<https URL>[#sha256=..&member=..
 stands for the dataset's registered, pinned real source. FETCHERS says, per kind, how to fill
 a folder and what to say about where the data came from. A real source that serves another format
 (Hub parquet, gzipped JSON lines) is converted at fetch time into the original layout
-(editharm.data.releaseformat), so each dataset has one reader whatever its source.
+(editharm.data.releaseformat), so each dataset has one reader whatever its source. Every record
+is parsed (editharm.data.checks) before the folder is published, so a bad file fails the fetch.
 """
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import fnmatch
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from editharm.core.fileio import sha256_file, staging_dir
+from editharm.core.fileio import scratch_dir, sha256_file, staging_dir
 from editharm.core.registry import Registry
 from editharm.data.catalog import (
     DATASETS,
@@ -29,6 +29,7 @@ from editharm.data.catalog import (
     DatasetSpec,
     dataset_files,
 )
+from editharm.data.checks import DatasetError, check_dataset
 from editharm.sources.grammar import Source, SourceError, kinds_for, parse_source
 from editharm.sources.hub import fetch_hub
 from editharm.sources.lockfile import SourceLock
@@ -119,7 +120,7 @@ def _real_provenance(spec: DatasetSpec, source: Source) -> Provenance:
 
 def _online(fetch_served: Callable[[str, Source, Path, Optional[dict]], tuple[list[Path], dict]]) -> Fetch:
     def fetch(spec: DatasetSpec, source: Source, dest: Path, pinned: Optional[dict]) -> dict:
-        with tempfile.TemporaryDirectory(dir=dest.parent) as work:
+        with scratch_dir(dest.parent) as work:
             served, entry = fetch_served(spec.name, source, Path(work), pinned)
             _place(spec, served, dest)
         return entry
@@ -167,9 +168,10 @@ def describe_source(name: str, source: str) -> dict:
 
 def fetch_dataset(name: str, source: str, dest: Path, lock: Optional[Path] = None) -> dict:
     """Fetch dataset `name` from `source` ("embedded:demo", "local:<path>", "hf:...", "url:..." or
-    "real") into folder `dest`, replacing it as a whole only once every file and the manifest are
-    written. An online source is pinned by the lock file `lock`: its entry is used and checked if
-    present, and written on first use once the folder is in place. Returns the manifest."""
+    "real") into folder `dest`, replacing it as a whole only once every record has been parsed
+    (editharm.data.checks) and every file and the manifest are written. An online source is pinned
+    by the lock file `lock`: its entry is used and checked if present, and written on first use once
+    the folder is in place. Returns the manifest."""
     spec, kind, parsed = _resolve(name, source)
     resolved = parsed.text
     dest = Path(dest)
@@ -177,6 +179,12 @@ def fetch_dataset(name: str, source: str, dest: Path, lock: Optional[Path] = Non
     pinned = locked.entry(name, resolved) if locked else None
     with staging_dir(dest) as tmp:
         entry = kind.fetch(spec, parsed, tmp, pinned)
+        try:
+            records = check_dataset(name, tmp)
+        except DatasetError as err:
+            # the staging folder is removed: name the file by where it would have been published
+            published = str(err).replace(str(tmp), str(dest))
+            raise DatasetError(f"{published} (fetched from {resolved}; not published)") from None
         files = dataset_files(name, tmp)
         manifest = {
             **describe_source(name, resolved),
@@ -189,5 +197,6 @@ def fetch_dataset(name: str, source: str, dest: Path, lock: Optional[Path] = Non
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if locked and entry and entry != {k: v for k, v in (pinned or {}).items() if k != "source"}:
         locked.record(name, {"source": resolved, **entry})
-    log.info("fetched dataset %s from %s into %s (%d files)", name, resolved, dest, len(files))
+    log.info("fetched dataset %s from %s into %s (%d files, %d records)",
+             name, resolved, dest, len(files), records)
     return manifest

@@ -2,6 +2,7 @@
 choices scored (through the prediction cache), parsed and scored by the task's metric."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any, Sequence
@@ -33,7 +34,10 @@ def evaluate_task(
     prompts = [task.render(item) for item in items]
     choices = [_item_choices(task, item) for item in items] if task.scoring == "choice" else [None] * len(items)
     keys = [item_key(p, c) for p, c in zip(prompts, choices)]
-    decoding = decoding_key(task)
+    # A row's output depends, by float rounding, on the rows it is batched with (padding, batch
+    # width), so outputs are reused only for the same items in the same batches: a cached output is
+    # then bit for bit what decoding again gives, whatever ran before.
+    decoding = {**decoding_key(task), "batch_size": batch_size, "items": batch_key(keys)}
     known = cache.get(task.name, decoding) if cache is not None else {}
     todo = [i for i, k in enumerate(keys) if k not in known]
     fresh = _raw_outputs(model, tok, task, [prompts[i] for i in todo], [choices[i] for i in todo], batch_size)
@@ -78,6 +82,11 @@ def decoding_key(task) -> dict[str, Any]:
     if task.scoring == "choice":
         return {"scoring": "choice"}  # the choices are part of each item's key
     raise ValueError(f"task {task.name!r}: unknown scoring {task.scoring!r}; allowed: generate, choice")
+
+
+def batch_key(keys: Sequence[str]) -> str:
+    """The item set a job decodes, in order (with the batch size, it fixes every batch)."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
 
 
 def _item_choices(task, item) -> list[str]:

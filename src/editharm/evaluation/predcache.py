@@ -3,8 +3,9 @@
 An entry is keyed by (base model, ΔW, task decoding, item): the base model by its fetched files'
 checksums plus dtype and device type, the ΔW by the stored tensors' bytes (not the file's
 metadata, so the same ΔW reached by two configurations, or the empty ΔW of step 0, is one key),
-the task by what decides the model's output (scoring mode, token limit, stop strings), and the
-item by its rendered prompt and choices. The value is the raw output (generated text, or the
+the task by what decides the model's output (scoring mode, token limit, stop strings, and the
+batches: batch size and the job's item list, because a row's output depends by float rounding on
+the rows it is padded and batched with), and the item by its rendered prompt and choices. The value is the raw output (generated text, or the
 choice log-probs as JSON); parsing and scoring run again on every use, so a changed parser or
 metric never reads a stale score.
 

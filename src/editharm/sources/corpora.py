@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from editharm.core.fileio import atomic_write
+from editharm.core.fileio import atomic_write, scratch_dir
 from editharm.sources.files import fetch_file
 from editharm.sources.grammar import Source, SourceError, parse_source
 from editharm.sources.hub import resolve_commit, stream_parquet
@@ -47,7 +46,7 @@ def _usable_texts(source_text: str, scratch: Path, sha256: Optional[str], lock: 
     """
     source = parse_source(source_text, "corpus")
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as work:
+    with scratch_dir(scratch) as work:
         if source.kind == "hf":
             if sha256:
                 raise SourceError(f"corpus source {source_text!r}: a streamed Hub file is pinned by its revision; "

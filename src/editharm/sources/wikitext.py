@@ -82,13 +82,27 @@ def iter_parquet_texts(file, name: str) -> Iterator[str]:
                 yield text.strip()
 
 
-def iter_texts(path: Path) -> Iterator[str]:
-    name = path.name.lower()
+def corpus_format(path: Path) -> str:
+    """The format of a corpus file by its name: parquet, xml (MediaWiki, optionally .bz2), jsonl or txt."""
+    name = Path(path).name.lower()
     if name.endswith(".parquet"):
+        return "parquet"
+    if ".xml" in name:
+        return "xml"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".txt") or name.endswith(".txt.bz2"):
+        return "txt"
+    raise ValueError(f"{path}: unsupported corpus file; allowed: MediaWiki .xml[.bz2], .txt, .jsonl, .parquet")
+
+
+def iter_texts(path: Path) -> Iterator[str]:
+    kind = corpus_format(path)
+    if kind == "parquet":
         yield from iter_parquet_texts(path, str(path))
-    elif ".xml" in name:
+    elif kind == "xml":
         yield from iter_wiki_articles(path)
-    elif name.endswith(".jsonl"):
+    elif kind == "jsonl":
         with open(path) as f:
             for i, line in enumerate(f, 1):
                 if line.strip():
@@ -96,8 +110,6 @@ def iter_texts(path: Path) -> Iterator[str]:
                         yield json.loads(line)["text"]
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise ValueError(f"{path}: line {i} is not a JSON object with a 'text' field") from None
-    elif name.endswith(".txt") or name.endswith(".txt.bz2"):
+    else:
         with _open(path) as f:
             yield from paragraphs(f.read().decode("utf-8"))
-    else:
-        raise ValueError(f"{path}: unsupported corpus file; allowed: MediaWiki .xml[.bz2], .txt, .jsonl, .parquet")

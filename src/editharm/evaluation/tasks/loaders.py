@@ -67,17 +67,18 @@ def _jsonl(path: Path, limit: int | None) -> Iterator[tuple[str, dict]]:
             if not line.strip():
                 continue
             where = f"{path}, line {line_no}"
-            yield where, _json_object(line, where)
+            yield where, _json_object(line.rstrip("\r\n"), where, "one JSON object per line")
             count += 1
 
 
-def _json_object(text: str, where: str) -> dict:
+def _json_object(text: str, where: str, expected: str) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecordError(f"{where}: not valid JSON ({err.msg})") from None
+        at = f"column {err.colno}" if err.lineno == 1 else f"line {err.lineno}, column {err.colno}"
+        raise RecordError(f"{where}: not valid JSON ({err.msg} at {at}); expected {expected}") from None
     if not isinstance(record, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise RecordError(f"{where}: expected {expected}, got a JSON {type(record).__name__}")
     return record
 
 
@@ -97,28 +98,40 @@ def _tsv(path: Path, columns: Sequence[str], limit: int | None) -> Iterator[tupl
             values = line.rstrip("\r\n").split("\t")
             where = f"{path}, line {line_no}"
             if len(values) != len(header):
-                raise RecordError(f"{where}: {len(values)} tab-separated values, header has {len(header)}")
+                raise RecordError(f"{where}: {len(values)} tab-separated values; expected {len(header)}, "
+                                  f"one per header column {header}")
             yield where, dict(zip(header, values))
             count += 1
+
+
+def _got(record: Mapping[str, Any], key: str) -> str:
+    """What a record holds under `key`, for messages: a missing field said so, a long value cut short."""
+    if key not in record:
+        return "no such field"
+    shown = repr(record[key])
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _text(record: Mapping[str, Any], key: str, where: str) -> str:
     value = record.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise RecordError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+        raise RecordError(f"{where}: field {key!r} must be a non-empty string, got {_got(record, key)}")
     return value
 
 
 def _texts(record: Mapping[str, Any], key: str, where: str) -> list[str]:
     value = record.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-        raise RecordError(f"{where}: field {key!r} must be a non-empty list of non-empty strings, got {value!r}")
+        raise RecordError(
+            f"{where}: field {key!r} must be a non-empty list of non-empty strings, got {_got(record, key)}"
+        )
     return value
 
 
-def _label(value: str, allowed: Sequence[str], where: str) -> str:
+def _label(record: Mapping[str, Any], key: str, allowed: Sequence[str], where: str) -> str:
+    value = record.get(key)
     if value not in allowed:
-        raise RecordError(f"{where}: label {value!r} is not one of {list(allowed)}")
+        raise RecordError(f"{where}: label {value!r} is not one of {list(allowed)} (field {key!r})")
     return value
 
 
@@ -151,7 +164,7 @@ def read_rte(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     (entailment | not_entailment)."""
     items = []
     for where, row in _tsv(_single(files), ("index", "sentence1", "sentence2", "label"), limit):
-        label = _label(row["label"], RTE_LABELS, where)
+        label = _label(row, "label", RTE_LABELS, where)
         fields = {"sentence1": _text(row, "sentence1", where), "sentence2": _text(row, "sentence2", where)}
         items.append(Item(row["index"], fields, label, label))
     return items
@@ -174,7 +187,7 @@ def read_boolq(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     items = []
     for n, (where, rec) in enumerate(_jsonl(_single(files), limit)):
         if not isinstance(rec.get("answer"), bool):
-            raise RecordError(f"{where}: field 'answer' must be true or false, got {rec.get('answer')!r}")
+            raise RecordError(f"{where}: field 'answer' must be true or false, got {_got(rec, 'answer')}")
         label = "true" if rec["answer"] else "false"
         fields = {
             "question": _text(rec, "question", where),
@@ -186,6 +199,7 @@ def read_boolq(files: Sequence[Path], limit: int | None = None) -> list[Item]:
 
 
 MUTUAL_LABELS = ("A", "B", "C", "D")
+MUTUAL_FILE = "one JSON object (answers, options, article, id) per dialogue file"
 
 
 @_loader("mutual", ("article", "o0", "o1", "o2", "o3"), labels=MUTUAL_LABELS)
@@ -194,11 +208,11 @@ def read_mutual(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     items = []
     for path in files[:limit]:
         where = str(path)
-        rec = _json_object(path.read_text(encoding="utf-8"), where)
+        rec = _json_object(path.read_text(encoding="utf-8"), where, MUTUAL_FILE)
         options = _texts(rec, "options", where)
         if len(options) != 4:
             raise RecordError(f"{where}: field 'options' must hold 4 options, got {len(options)}")
-        label = _label(rec.get("answers"), MUTUAL_LABELS, where)
+        label = _label(rec, "answers", MUTUAL_LABELS, where)
         fields = {"article": _text(rec, "article", where), **{f"o{i}": opt for i, opt in enumerate(options)}}
         items.append(Item(str(rec.get("id", path.stem)), fields, label, label))
     return items
@@ -213,7 +227,7 @@ def read_samsum(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     for n, rec in enumerate(records[:limit]):
         where = f"{path}, record {n}"
         if not isinstance(rec, dict):
-            raise RecordError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            raise RecordError(f"{where}: expected a JSON object (id, summary, dialogue), got {type(rec).__name__}")
         dialogue = _text(rec, "dialogue", where).replace("\r\n", "\n").strip()
         summary = _text(rec, "summary", where).strip()
         items.append(Item(str(rec.get("id", n)), {"dialogue": dialogue}, summary, summary))
@@ -272,6 +286,6 @@ def read_sst2(files: Sequence[Path], limit: int | None = None) -> list[Item]:
     """GLUE SST-2 tsv: sentence, label (0 negative, 1 positive)."""
     items = []
     for n, (where, row) in enumerate(_tsv(_single(files), ("sentence", "label"), limit)):
-        label = _label(row["label"], SST2_LABELS, where)
+        label = _label(row, "label", SST2_LABELS, where)
         items.append(Item(str(n), {"text": _text(row, "sentence", where).strip()}, label, label))
     return items
