@@ -46,10 +46,14 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def local_content(source):
-    """A local: source's content digest ("" for other kinds): a fetch rule's param, so an edited
-    local file reruns its fetch job and everything downstream (README: Real data)."""
-    return source_digest(source, digest_cache(".")) if source else ""
+def local_content(source, other=None):
+    """A fetch rule's param: a local: source's content digest, so an edited local file reruns its
+    fetch job and everything downstream (README: Real data). For any other source it is the value of
+    another of the rule's params (`other`, by default the source itself): Snakemake compares a job's
+    params as a set of values, so the param adds nothing there and results computed before it existed
+    are not rerun."""
+    digest = source_digest(source, digest_cache(".")) if source else ""
+    return digest or (source if other is None else other)
 
 
 def sha256_flag(sha256):

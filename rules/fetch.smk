@@ -12,7 +12,7 @@ rule fetch_model:
         directory("data/models/{model}"),
     params:
         source=lambda w: cfg["models"][w.model]["source"],
-        content=lambda w: local_content(cfg["models"][w.model]["source"]),
+        content=lambda w: local_content(cfg["models"][w.model]["source"]),  # see local_content
         sha256=lambda w: sha256_flag(cfg["models"][w.model].get("sha256")),
         trust=("--trust-remote-code" if cfg["trust_remote_code"] else ""),
         lock=MODEL_LOCK,
@@ -50,7 +50,7 @@ rule fetch_corpus:
         f"data/corpora/{CORPUS}.jsonl",
     params:
         source=cfg["stats"].get("corpus", ""),
-        content=local_content(cfg["stats"].get("corpus")),
+        content=local_content(cfg["stats"].get("corpus", "")),
         sha256=sha256_flag(cfg["stats"].get("sha256")),
         n=cfg["stats"]["n"],
         lock=CORPUS_LOCK,
@@ -72,7 +72,7 @@ rule make_heldout:
         "data/probes/heldout.jsonl",
     params:
         args=HELDOUT_ARGS,
-        content=local_content((ehc.perplexity_probe(cfg) or {}).get("corpus")),
+        content=local_content((ehc.perplexity_probe(cfg) or {}).get("corpus"), HELDOUT_ARGS),
         lock=CORPUS_LOCK,
     log:
         "logs/make_heldout.log",

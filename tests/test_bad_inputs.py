@@ -91,10 +91,10 @@ def case(group: str, id: str, *needles: str):
     return add
 
 
-def params_case(id: str, change: Callable[[dict], None], *needles: str) -> None:
+def params_case(id: str, change: Callable[[dict], None], *needles: str, group: str = "params") -> None:
     def mutate(work: Path, params: dict) -> None:
         change(params)
-    CASES.append(Case(id, "params", mutate, needles))
+    CASES.append(Case(id, group, mutate, needles))
 
 
 def text_case(id: str, text: Callable[[str], str], *needles: str) -> None:
@@ -184,7 +184,8 @@ for _id, _source, _needles in [
     ("local-empty", "local:", ("empty path",)),
     ("local-not-gguf", "local:corpus.txt", ("not a .gguf file", "allowed")),
 ]:
-    params_case(f"model-{_id}", put({}, "models.tiny.source", _source), "models.tiny.source", *_needles)
+    params_case(f"model-{_id}", put({}, "models.tiny.source", _source), "models.tiny.source", *_needles,
+                group="model source")
 
 
 # model folders (the local model, broken in place)
@@ -315,15 +316,15 @@ def _(work, params):
 
 
 params_case("edits-embedded-typo", put({}, "datasets.zsre", "embedded:dem"), "datasets.zsre", "'dem'",
-            "allowed: embedded:demo")
+            "allowed: embedded:demo", group="edit dataset")
 params_case("edits-no-demo", lambda p: p["datasets"].update(counterfact="embedded:demo"), "datasets.counterfact",
-            "no embedded demo", "allowed")
+            "no embedded demo", "allowed", group="edit dataset")
 params_case("edits-no-real-source", lambda p: p["datasets"].update(zsre_train="real"), "datasets.zsre_train",
-            "no registered real source")
+            "no registered real source", group="edit dataset")
 params_case("edits-url-not-https", put({}, "datasets.zsre", "url:http://example.org/zsre.json"), "datasets.zsre",
-            "https://")
+            "https://", group="edit dataset")
 params_case("edits-url-bad-sha", put({}, "datasets.zsre", "url:https://example.org/z.json#sha256=abc"),
-            "datasets.zsre", "64 lowercase hex")
+            "datasets.zsre", "64 lowercase hex", group="edit dataset")
 
 
 # task files
@@ -445,20 +446,20 @@ def _(work, params):
 
 # corpora
 params_case("corpus-missing", put({}, "stats.corpus", "local:no-corpus.txt"), "stats.corpus", "does not exist",
-            "allowed")
+            "allowed", group="corpus")
 params_case("corpus-format", put({}, "stats.corpus", "local:tiny-model/config.json"), "stats.corpus",
-            "unsupported corpus file", "allowed")
+            "unsupported corpus file", "allowed", group="corpus")
 params_case("corpus-hf-without-revision", put({}, "stats.corpus", "hf:wikitext#x.parquet"), "stats.corpus",
-            "pin a revision")
+            "pin a revision", group="corpus")
 params_case("corpus-url-kind", put({}, "stats.corpus", "url:https://example.org/c.txt"), "stats.corpus",
-            "cannot be a corpus source", "allowed")
+            "cannot be a corpus source", "allowed", group="corpus")
 params_case("probe-corpus-missing", put({}, "probes", {"perplexity": {"corpus": "local:gone.jsonl"}}),
-            "probes.perplexity.corpus", "does not exist")
+            "probes.perplexity.corpus", "does not exist", group="corpus")
 
 
 def test_there_are_at_least_sixty_cases_over_every_kind_of_input():
     groups = {c.group for c in CASES}
-    assert groups == {"params", "model folder", "edit dataset", "task file"}
+    assert groups == {"params", "model source", "model folder", "edit dataset", "task file", "corpus"}
     assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
 

@@ -4,20 +4,21 @@ affects. Expected jobs come from the workflow's own full DAG under the new param
 change touches, so the assertions hold whatever the evaluation rules are called."""
 import copy
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
-import sys
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from test_workflow import ROOT, tiny_params
+from interrupts import DVC, GIT_IDENTITY, kill_all, snapshot, start, wait_for_job, working_in
+from test_workflow import BIN, ROOT, tiny_params
 
-BIN = Path(sys.executable).parent
-DVC = str(BIN / "dvc")
 pytestmark = pytest.mark.workflow
 PROJECT = ["Snakefile", "dvc.yaml", "Makefile", "rules", "profiles", "src/editharm", ".dvc/config", ".dvc/.gitignore",
            ".dvcignore", ".gitignore"]
@@ -26,8 +27,6 @@ SUMMARY_RULES = {"aggregate_metrics", "build_report", "all"}
 # Jobs upstream of (or beside) the edit sequence, which the seed does not reach.
 # The unedited model's evaluation depends on the seed too: it picks the bootstrap resamples of its intervals.
 SEED_FREE_RULES = {"fetch_model", "fetch_dataset", "fetch_corpus", "collect_stats"}
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "editharm", "GIT_AUTHOR_EMAIL": "editharm@example.org",
-                "GIT_COMMITTER_NAME": "editharm", "GIT_COMMITTER_EMAIL": "editharm@example.org"}
 
 Job = tuple[str, frozenset]
 
@@ -95,10 +94,38 @@ def published(tmp_path_factory):
     repo.mkdir()
     make_project(repo, params)
     first = run(repo, DVC, "repro")
-    run(repo, "git", "add", "dvc.lock", "reports/metrics/summary.json")
+    run(repo, "git", "add", "dvc.lock", "local-sources.json", "reports/metrics/summary.json")
     run(repo, "git", "commit", "-q", "-m", "results")
     run(repo, DVC, "push")
     return SimpleNamespace(base=base, repo=repo, params=params, first=first)
+
+
+def test_a_run_killed_at_five_points_resumes_to_the_same_bytes(published):
+    """`dvc repro` (what `make run` runs once set up) killed with kill -9 at five points along the pipeline
+    -- the whole run four times, one job alone once, at seeded moments into the job -- and each time just
+    run again: the finished project is byte for byte clone A's, which was never interrupted."""
+    killed = published.base / "killed"
+    killed.mkdir()
+    make_project(killed, published.params)
+    rng = random.Random(20261202)
+    steps = ["fetch-dataset", "collect-stats", "apply-edits", "evaluate-task", "build-report"]
+    alone = rng.randrange(len(steps))
+    for index, step in enumerate(steps):
+        proc = start(killed)
+        pid = wait_for_job(proc, step)
+        assert pid is not None, f"the run ended before a {step} job started"
+        time.sleep(rng.uniform(0.0, 1.0))
+        if index == alone:
+            os.kill(pid, signal.SIGKILL)  # a job's imports alone take longer than the wait: it is still running
+            assert proc.wait(timeout=600) != 0  # the run stops, reporting the job that failed
+        else:
+            kill_all(proc, killed)
+        assert not working_in(killed)
+    run(killed, DVC, "repro")  # the README's command, once more: no --unlock, no manual step
+    a, b = snapshot(published.repo), snapshot(killed)
+    assert sorted(a) == sorted(b), set(a) ^ set(b)
+    assert not [name for name in a if a[name] != b[name]]
+    assert "Data and pipelines are up to date" in run(killed, DVC, "status", "pipeline")
 
 
 def test_a_fresh_clone_pulls_the_results_and_has_nothing_to_do(published):
@@ -111,7 +138,9 @@ def test_a_fresh_clone_pulls_the_results_and_has_nothing_to_do(published):
     assert not (b / "benchmarks").exists()
     assert not [p for p in (b / "logs").rglob("*") if p.is_file() and p.stat().st_size > 0]
     assert "Nothing to be done" in run(b, "snakemake", "-n")
-    assert "Data and pipelines are up to date" in run(b, DVC, "status")
+    # the local_sources stage is "always changed" (it rehashes local: sources on every repro); the
+    # pipeline it feeds is up to date
+    assert "Data and pipelines are up to date" in run(b, DVC, "status", "pipeline")
     for name in ("reports/index.html", "reports/metrics/metrics.parquet", "reports/metrics/summary.json",
                  "data/eval/tiny/rome/rect/instance_sequential/seq0/step-3/editing.json"):
         assert (b / name).read_bytes() == (a / name).read_bytes(), name
@@ -167,4 +196,8 @@ def test_repro_and_exp_run_rerun_exactly_the_jobs_a_change_affects(published):
             (repo / "params.yaml").write_text(yaml.safe_dump(params))
             out = run(repo, DVC, "repro")
         assert jobs_in(out) == expected, override or change.__name__
-    assert "up to date" in run(repo, DVC, "status")
+    assert "up to date" in run(repo, DVC, "status", "pipeline")
+    # a local: source edited in place: `dvc repro` sees it (local_sources) and Snakemake reruns its fetch
+    corpus = published.base / "corpus.txt"
+    corpus.write_text(corpus.read_text() + "\n\nOne more paragraph about a river and a city, long enough to count. " * 4)
+    assert ("fetch_corpus", frozenset()) in jobs_in(run(repo, DVC, "repro"))

@@ -146,6 +146,19 @@ def test_rerun_with_nothing_changed_does_nothing(tiny_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_a_local_source_is_tracked_by_content(tiny_run):
+    work, _ = tiny_run
+    corpus, config = work / "corpus.txt", str(work / "tiny.yaml")
+    original = corpus.read_text()
+    os.utime(corpus)  # touched, same bytes: nothing to do
+    assert "Nothing to be done" in snakemake(work, "-n", "--configfile", config).stdout
+    corpus.write_text(original.replace("river", "lake", 1))  # fixed in place
+    counts = job_counts(snakemake(work, "-n", "--configfile", config).stdout)
+    assert counts["fetch_corpus"] == 1 and counts["collect_stats"] >= 1
+    corpus.write_text(original)
+    assert "Nothing to be done" in snakemake(work, "-n", "--configfile", config).stdout
+
+
 def test_changing_rect_k_reruns_only_the_rect_branch(tiny_run):
     work, _ = tiny_run
     params = yaml.safe_load((work / "tiny.yaml").read_text())

@@ -58,7 +58,8 @@ CHOICE_MARK = "choice scoring, not the paper's protocol"
 # Registered method and regularizer kinds as the papers write them; other labels show as they are.
 DISPLAY_NAMES = {
     "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "kn": "KN", "ft_l": "FT-L", "ft_m": "FT-M",
-    "mend": "MEND", "rect": "RECT", "random": "Random", "pca": "PCA", "prune": "PRUNE",
+    "mend": "MEND", "r_rome": "r-ROME", "emmet": "EMMET", "rect": "RECT", "random": "Random", "pca": "PCA",
+    "prune": "PRUNE",
     "nullspace": "null-space projection",
 }
 # Headline measures of harm: (task, metric, words, unit of the change).

@@ -309,6 +309,17 @@ def rank_one_update(row_space: torch.Tensor, key: torch.Tensor, residual: torch.
     return (update.T if transposed else update).float().contiguous()
 
 
+def row_space(mean_key: torch.Tensor, second_moment: Optional[torch.Tensor], module_path: str) -> torch.Tensor:
+    """u = C⁻¹k̄ (k̄ itself without statistics), float64."""
+    u = mean_key.double()
+    if second_moment is None:
+        return u
+    if second_moment.shape != (u.numel(), u.numel()):
+        raise ValueError(f"second moment for {module_path!r} has shape {tuple(second_moment.shape)}; "
+                         f"the module's input has {u.numel()} features")
+    return torch.linalg.solve(second_moment.to(u), u)
+
+
 def rome_step(
     model, tok, record: EditRecord, hparams: RomeHparams, *, second_moment: Optional[torch.Tensor] = None,
     prefixes: Optional[list[str]] = None,
@@ -321,12 +332,7 @@ def rome_step(
     keys = subject_keys(model, tok, record, hparams, prefixes)
     mean_key = keys.mean(0)
     key = mean_key if hparams.exact_key == "mean" else keys[0]  # prefixes[0] is the bare prompt
-    u = mean_key.double()
-    if second_moment is not None:
-        if second_moment.shape != (u.numel(), u.numel()):
-            raise ValueError(f"second moment for {hparams.module_path!r} has shape {tuple(second_moment.shape)}; "
-                             f"the module's input has {u.numel()} features")
-        u = torch.linalg.solve(second_moment.to(u), u)
+    u = row_space(mean_key, second_moment, hparams.module_path)
     with torch.no_grad():
         base = get_module(model, hparams.module_path)(key.to(weight)[None])[0].float()  # W k* + b
     delta, nll, steps = target_shift(model, tok, record, hparams, prefixes, base)
@@ -359,6 +365,9 @@ class Rome(EditMethod):
     def stats_modules(cls, hparams: RomeHparams) -> list[str]:
         return [hparams.module_path] if hparams.mom2_adjustment else []
 
+    # One record's edit; r-ROME (r_rome.py) replaces it and keeps the rest.
+    edit_step = staticmethod(rome_step)
+
     @classmethod
     def compute_delta(
         cls, model, tok, records: list[EditRecord], hparams: RomeHparams, *, stats: Optional[Stats] = None,
@@ -379,7 +388,7 @@ class Rome(EditMethod):
         total = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         try:
             for i, record in enumerate(records):
-                step = rome_step(model, tok, record, hparams, second_moment=second_moment, prefixes=prefixes)
+                step = cls.edit_step(model, tok, record, hparams, second_moment=second_moment, prefixes=prefixes)
                 total += step.update
                 if i < len(records) - 1:
                     weight.data += step.update.to(weight)
