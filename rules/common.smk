@@ -26,6 +26,7 @@ METHODS = list(cfg["methods"])
 REGS = list(cfg["regularizers"])
 SETTINGS = list(cfg["settings"])
 SEQS = list(range(cfg["sequences"]["count"]))
+SEQUENCE_RECORDS = [f"data/datasets/{name}" for name in ehc.sequence_datasets(cfg)]
 SETTING_STEPS = {label: ehc.setting_steps(cfg, label) for label in SETTINGS}
 SETTING_METHODS = {label: ehc.setting_methods(cfg, label) for label in SETTINGS}
 TASKS = list(cfg["evaluation"]["tasks"])
@@ -108,8 +109,8 @@ def cache_flag():
 def labels(w, **extra):
     """Who a metrics file belongs to; `demo` marks results on the embedded demo data. A checkpoint's
     step and edits come from its dW file."""
-    dataset = TASK_REGISTRY.get(w.task).dataset if hasattr(w, "task") else cfg["sequences"]["dataset"]
-    out = {"model": w.model, "demo": ehc.is_demo(cfg, dataset), **extra}
+    datasets = [TASK_REGISTRY.get(w.task).dataset] if hasattr(w, "task") else ehc.sequence_datasets(cfg)
+    out = {"model": w.model, "demo": any(ehc.is_demo(cfg, dataset) for dataset in datasets), **extra}
     for key in ("method", "reg", "setting"):
         if hasattr(w, key):
             out[key] = getattr(w, key)

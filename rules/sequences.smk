@@ -1,14 +1,15 @@
-# Seeded edit sequences, shared by every setting, method and regularizer.
+# Seeded edit sequences, shared by every setting, method and regularizer; drawn from one editing dataset,
+# or from several by share (one folder per --dataset NAME=SHARE, in the same order).
 localrules: make_sequence
 
 
 rule make_sequence:
     input:
-        records=f"data/datasets/{cfg['sequences']['dataset']}",
+        records=SEQUENCE_RECORDS,
     output:
         "data/sequences/seq{seq}.parquet",
     params:
-        dataset=cfg["sequences"]["dataset"],
+        dataset=ehc.sequence_dataset_arg(cfg),
         n_edits=cfg["sequences"]["n_edits"],
         seed=get_seed,
     log:

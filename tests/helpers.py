@@ -1,6 +1,6 @@
 """Small constructors shared by several test modules: the tiny word-level tokenizer, two subword ones over
 the same words (Llama-2-shaped and byte-level BPE) and models' building blocks (conftest.py turns them into
-fixtures), regularizer contexts, edit records, spread hparams."""
+fixtures), regularizer contexts, edit records, spread hparams, a dry run of the workflow."""
 from __future__ import annotations
 
 import torch
@@ -161,3 +161,26 @@ def place_preset_downloads(workdir) -> None:
     target = Path(workdir) / "data" / "downloads" / "zsre_mem_train.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEMO_DIR / "zsre_demo_train.json", target)
+
+
+def dry_run(workdir, configfile) -> dict[str, list[str]]:
+    """`snakemake -n -p` of the workflow on `configfile` in `workdir` (a few seconds): each rule's jobs,
+    as the lines Snakemake prints for them (input, output, shell command, ...)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(bin_dir / "snakemake"), "-s", str(Path(__file__).resolve().parents[1] / "Snakefile"), "-d", str(workdir),
+         "-n", "-p", "--cores", "1", "--configfile", str(configfile)],
+        capture_output=True, text=True, env=env, cwd=workdir,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    jobs: dict[str, list[str]] = {}
+    for block in (proc.stdout + proc.stderr).split("\nrule ")[1:]:
+        name, _, rest = block.partition(":\n")
+        jobs.setdefault(name, []).append(rest.split("\n\n", 1)[0])
+    return jobs

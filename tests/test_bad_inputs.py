@@ -139,6 +139,19 @@ params_case("choice-for-generation-task", put({}, "evaluation.tasks.gsm8k", {"sc
 params_case("unknown-dataset-name", put({}, "datasets.zsre2", "embedded:demo"), "datasets.zsre2", "allowed", "zsre")
 params_case("sequence-dataset-without-source", put({}, "sequences.dataset", "counterfact"),
             "sequences.dataset", "counterfact", "allowed")
+params_case("mixed-share-above-one", put({}, "sequences.dataset", {"zsre": 1.25, "counterfact": -0.25}),
+            "sequences.dataset.zsre", "1.25", "allowed: a share above 0 and at most 1")
+params_case("mixed-share-not-a-number", put({}, "sequences.dataset", {"zsre": "half"}), "sequences.dataset.zsre",
+            "'half'", "number")
+params_case("mixed-shares-sum", put({}, "sequences.dataset", {"zsre": 0.5}), "sequences.dataset", "sum to 0.5",
+            "allowed: shares that sum to 1")
+params_case("mixed-dataset-not-for-editing", put({}, "sequences.dataset", {"zsre": 0.5, "sst2": 0.5}),
+            "sequences.dataset.sst2", "'sst2'", "allowed", "knowedit_recent")
+params_case("mixed-dataset-without-source", put({}, "sequences.dataset", {"zsre": 0.5, "counterfact": 0.5}),
+            "sequences.dataset.counterfact", "no source under 'datasets'", "allowed: zsre",
+            "add 'datasets.counterfact'")
+params_case("mend-trained-on-a-task", put({}, "methods.mend", {"train_dataset": "sst2"}),
+            "methods.mend.train_dataset", "'sst2'", "allowed", "zsre_train")
 params_case("unknown-setting", put({}, "settings", {"instance_parallel": {}}), "settings.instance_parallel", "allowed")
 params_case("limit-zero", put({}, "evaluation.limit", 0), "evaluation.limit", "0")
 params_case("bootstrap-level", put({}, "evaluation.bootstrap", {"resamples": 100, "level": 1.5}),

@@ -132,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, required=True)
 
     sp = add("make-sequence", 'editharm.data.jobs:make_sequence', "sample a seeded edit sequence (parquet)")
-    sp.add_argument("--records", type=Path, required=True, help="edit dataset folder")
-    sp.add_argument("--dataset", default=None, help="the editing dataset's name (default: the folder manifest's)")
+    sp.add_argument("--records", type=Path, nargs="+", required=True,
+                    help="edit dataset folder; several, one per --dataset NAME=SHARE, for a mixed sequence")
+    sp.add_argument("--dataset", nargs="+", default=None,
+                    help="the editing dataset's name (default: the folder manifest's), or NAME=SHARE entries "
+                         "(shares summing to 1) to mix several datasets")
     sp.add_argument("--n-edits", type=int, required=True)
     sp.add_argument("--seed", type=int, required=True)
     sp.add_argument("--out", type=Path, required=True)

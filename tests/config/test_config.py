@@ -1,5 +1,6 @@
 """params.yaml validation: defaults filled in, bad input rejected naming the key and what is allowed."""
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,59 @@ def test_a_preset_without_modules_takes_the_declared_architectures(default, tmp_
     # a preset's own templates win over the architecture's
     (tmp_path / "rome.yaml").write_text("layer: 5\nrewrite_module_tmp: transformer.h.{}.mlp.fc_in\n")
     assert method_hparams(cfg, "smollm2-135m", "rome")["hparams"]["rewrite_module_tmp"] == "transformer.h.{}.mlp.fc_in"
+
+
+def test_a_sequence_may_mix_editing_datasets_by_share(default):
+    from editharm.config.derive import edit_dataset_text, sequence_dataset_arg, sequence_datasets
+
+    cfg = copy.deepcopy(default)
+    cfg["datasets"]["zsre_train"] = "embedded:demo"
+    cfg["sequences"]["dataset"] = {"zsre_train": 0.25, "zsre": 0.75}
+    cfg = validate_params(cfg)
+    assert sequence_datasets(cfg) == ["zsre_train", "zsre"]  # params order: equal remainders go to the first
+    assert sequence_dataset_arg(cfg) == ["zsre_train=0.25", "zsre=0.75"]
+    assert edit_dataset_text(cfg) == "zsre_train, share 0.25 (embedded:demo); zsre, share 0.75 (embedded:demo)"
+    # one dataset by name, as before
+    assert sequence_dataset_arg(validate_params(default)) == "zsre"
+
+
+@pytest.mark.parametrize("dataset, needles", [
+    ({"zsre": 0.5, "zsre_train": -0.5}, ["'sequences.dataset.zsre_train' is -0.5", "allowed: a share above 0"]),
+    ({"zsre": 0.5, "sst2": 0.5}, ["'sequences.dataset.sst2'", "unknown editing dataset 'sst2'", "allowed: counterfact"]),
+    ({"zsre": 0.5, "knowedit_recent": 0.5}, ["'sequences.dataset.knowedit_recent'", "no source under 'datasets'",
+                                             "allowed: zsre, zsre_train", "add 'datasets.knowedit_recent'"]),
+    ({"zsre": 0.5, "zsre_train": 0.4}, ["'sequences.dataset'", "sum to 0.9", "allowed: shares that sum to 1"]),
+    ({"zsre": 0.5, "zsre_train": 0.5 + 1e-8}, ["sum to 1.00000001"]),
+])
+def test_bad_mixes_name_the_key_and_what_is_allowed(default, dataset, needles):
+    def mix(cfg):
+        cfg["datasets"]["zsre_train"] = "embedded:demo"
+        cfg["sequences"]["dataset"] = dataset
+    msg = _bad(default, mix)
+    assert all(needle in msg for needle in needles), msg
+
+
+def test_an_editor_trained_on_one_dataset_may_edit_another(default, tmp_path, monkeypatch):
+    """Cross-domain training: MEND trained on ZsRE's train split edits CounterFact facts."""
+    from helpers import dry_run
+
+    monkeypatch.chdir(tmp_path)
+
+    facts = [{"case_id": i, "requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": subject,
+                                                  "target_new": {"str": "English"}, "target_true": {"str": "French"}},
+              "paraphrase_prompts": [f"{subject} is a native speaker of"],
+              "neighborhood_prompts": ["The mother tongue of Léon Blum is"]}
+             for i, subject in enumerate(["Danielle Darrieux", "Jean Gabin", "Edith Piaf", "Louis Jouvet"])]
+    (tmp_path / "counterfact.json").write_text(json.dumps(facts))
+    cfg = copy.deepcopy(default)
+    cfg["datasets"].update(zsre_train="embedded:demo", counterfact="local:counterfact.json")
+    del cfg["datasets"]["zsre"]
+    cfg.update(sequences={"dataset": "counterfact", "n_edits": 4, "count": 1}, steps=[0, 1, 4],
+               methods={"mend": {"train_dataset": "zsre_train"}}, regularizers={"none": {}})
+    (tmp_path / "cross.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    load_params(tmp_path / "cross.yaml", workdir=tmp_path)
+    jobs = dry_run(tmp_path, tmp_path / "cross.yaml")
+    (train,) = jobs["train_editor"]
+    assert "data/datasets/zsre_train" in train and "counterfact" not in train
+    (sequence,) = jobs["make_sequence"]
+    assert "--records data/datasets/counterfact --dataset counterfact " in sequence

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from editharm.core.records import EditRecord
-from editharm.evaluation.edits import base_argmax, edit_metrics
+from editharm.evaluation.edits import base_argmax, dataset_means, edit_metrics
 from editharm.evaluation.general import decoding_key, evaluate_task
 from editharm.evaluation.predcache import EMPTY_DELTA, PredictionCache, item_key
 
@@ -183,6 +183,26 @@ def test_edit_metrics_on_a_hand_checkable_model(successor):
     assert summary["fluency"] == pytest.approx((2 / 3 * math.log2(4) + 4 / 3 * math.log2(3)) / 2)
     with pytest.raises(ValueError, match=r"latest edit id\(s\) \['9'\]"):
         edit_metrics(model, tok, records, latest={"9"})
+
+
+def test_edit_metrics_of_a_mixed_sequence_are_also_given_per_dataset(successor):
+    model, tok = successor
+    records = [
+        _record("zsre:0", portability_prompt="w2", portability_answer="w3 w5"),
+        _record("recent:0", target_new="w3 w9", rephrase_prompt="w2"),
+        _record("recent:1", target_new="w3 w9 w9", rephrase_prompt="w2"),
+    ]
+    frame, _ = edit_metrics(model, tok, records, base_predictions=base_argmax(model, tok, records))
+    dataset_of = {"zsre:0": "zsre", "recent:0": "recent", "recent:1": "recent"}
+    # reliability 1 (both target tokens), 1/2 and 1/3 (only w3 follows w2); generalization 1/2, 1/2, 1/3;
+    # portability only for the ZsRE record, so none for the other dataset
+    assert dataset_means(frame, dataset_of) == pytest.approx({
+        "recent:reliability_all": (1 / 2 + 1 / 3) / 2, "recent:generalization_all": (1 / 2 + 1 / 3) / 2,
+        "recent:locality_all": 1.0,
+        "zsre:reliability_all": 1.0, "zsre:generalization_all": 0.5, "zsre:locality_all": 1.0,
+        "zsre:portability_all": 0.5,
+    })
+    assert dataset_means(frame, {}) == {}  # a one-dataset sequence: its summary says it all
 
 
 LOCALITY = [

@@ -432,6 +432,24 @@ def test_curves_use_edits_per_setting_and_steps_where_records_are_edited_alone(t
             "batch_sequential: up to 8 (evaluated after 0, 8 edits)") in page
 
 
+def test_editing_metrics_per_dataset_of_a_mixed_sequence_get_panels_of_their_own(tmp_path):
+    files = [metric_file(tmp_path / "base.json", method="base", setting="base", step=0)]
+    for step in (1, 2):
+        over = dict(setting="instance_sequential", step=step, edits=step)
+        files += [metric_file(tmp_path / f"{step}.json", metrics={"accuracy": 0.5}, **over),
+                  editing_file(tmp_path / f"{step}-e.json", {"reliability_all": 0.5, "zsre:reliability_all": 0.25 * step,
+                                                             "zsre:locality_all": 0.75}, **over)]
+    aggregate(files, tmp_path / "out")
+    build_report(tmp_path / "out" / "points.parquet", tmp_path / "r.html", context=CONTEXT)
+    spec = embedded_spec((tmp_path / "r.html").read_text(encoding="utf-8"))
+    editing = spec["vconcat"][0]["vconcat"][-1]
+    titles = [(c["title"]["text"], c["title"]["subtitle"]) for c in editing["concat"]]
+    assert titles == [("reliability_all", ["over every edit made so far"]),
+                      ("zsre:locality_all", ["share of base-model answer tokens unchanged", "over every edit made so far"]),
+                      ("zsre:reliability_all", ["over every edit made so far"])]
+    assert {r["value"] for r in block_rows(spec, editing["concat"][2])} == {0.25, 0.5}
+
+
 # weights: every entry 1, so |ΔW|/|W| = |ΔW|; ΔW = v everywhere, v as below; param "p.b" moves twice as far
 SHAPE = (4, 6)
 

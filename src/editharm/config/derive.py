@@ -158,6 +158,18 @@ def setting_steps(cfg: dict, label: str) -> list[int]:
     return setting_of(cfg, label).resolve_steps(eval_steps(cfg), cfg["sequences"]["n_edits"])
 
 
+def sequence_datasets(cfg: dict) -> list[str]:
+    """The editing datasets a sequence draws from, in the order sequences.dataset names them."""
+    dataset = cfg["sequences"]["dataset"]
+    return list(dataset) if isinstance(dataset, dict) else [dataset]
+
+
+def sequence_dataset_arg(cfg: dict) -> str | list[str]:
+    """`editharm make-sequence --dataset`: the one dataset's name, or NAME=SHARE per mixed dataset."""
+    dataset = cfg["sequences"]["dataset"]
+    return [f"{name}={share!r}" for name, share in dataset.items()] if isinstance(dataset, dict) else dataset
+
+
 def trainable(cfg: dict, label: str) -> bool:
     from editharm.editing.methods import METHODS
 
@@ -204,7 +216,7 @@ def report_context(cfg: dict) -> dict:
         "title": cfg["report"]["title"],
         "model": model,
         "model_source": cfg["models"][model]["source"],
-        "edit_dataset": f"{cfg['sequences']['dataset']} ({cfg['datasets'][cfg['sequences']['dataset']]})",
+        "edit_dataset": edit_dataset_text(cfg),
         "datasets": [describe_source(name, src) for name, src in cfg["datasets"].items()],
         "settings": {
             "settings": {label: setting_spec(cfg, label) for label in cfg["settings"]},
@@ -217,6 +229,14 @@ def report_context(cfg: dict) -> dict:
             "seed": cfg["seed"],
         },
     }
+
+
+def edit_dataset_text(cfg: dict) -> str:
+    """The edit dataset(s) with their sources, and each one's share of the edits when they are mixed."""
+    dataset = cfg["sequences"]["dataset"]
+    if not isinstance(dataset, dict):
+        return f"{dataset} ({cfg['datasets'][dataset]})"
+    return "; ".join(f"{name}, share {share!r} ({cfg['datasets'][name]})" for name, share in dataset.items())
 
 
 def is_demo(cfg: dict, dataset: str) -> bool:

@@ -15,6 +15,7 @@ from editharm.config.derive import (
     method_hparams,
     perplexity_probe,
     regularizer_params,
+    sequence_datasets,
     setting_methods,
     setting_steps,
     stats_modules,
@@ -139,16 +140,7 @@ def _check_names(cfg: dict, source: str, workdir: Path | None) -> None:
                               digest_cache(workdir) if workdir is not None else None)
     if cfg["stats"].get("corpus"):
         checks.corpus_source("stats.corpus", cfg["stats"]["corpus"])
-    seq_ds = cfg["sequences"]["dataset"]
-    if seq_ds not in cfg["datasets"]:
-        raise ParamsError(
-            f"{source}: key 'sequences.dataset' is {seq_ds!r}, which has no source under 'datasets'; "
-            f"allowed: {', '.join(cfg['datasets'])}"
-        )
-    try:
-        edit_set(seq_ds)
-    except (KeyError, ValueError) as exc:
-        raise ParamsError(f"{source}: key 'sequences.dataset': {exc}") from None
+    _check_sequence_datasets(cfg, source)
     if max(cfg["steps"]) > cfg["sequences"]["n_edits"]:
         raise ParamsError(
             f"{source}: key 'steps' asks for step {max(cfg['steps'])} but 'sequences.n_edits' is "
@@ -196,6 +188,10 @@ def _check_names(cfg: dict, source: str, workdir: Path | None) -> None:
                     f"{source}: key 'methods.{label}.train_dataset' is {train!r}, which has no source under "
                     f"'datasets'; add 'datasets.{train}' (a train split, disjoint from the edited records)"
                 )
+            try:  # any editing dataset: one dataset's train split may train the editor for another's edits
+                edit_set(train)
+            except (KeyError, ValueError) as exc:
+                raise ParamsError(f"{source}: key 'methods.{label}.train_dataset': {exc}") from None
         elif "train_dataset" in spec:
             raise ParamsError(f"{source}: key 'methods.{label}.train_dataset': method {label!r} has no training "
                               "step; allowed only for trainable methods (mend)")
@@ -222,6 +218,34 @@ def _check_names(cfg: dict, source: str, workdir: Path | None) -> None:
                     except (ValueError, NotImplementedError) as exc:
                         raise ParamsError(f"{source}: key 'regularizers.{label}' reads statistics of the modules "
                                           f"method {method!r} edits, which it cannot name: {exc}") from None
+
+
+def _check_sequence_datasets(cfg: dict, source: str) -> None:
+    """Every dataset a sequence draws from is an editing dataset with a source under `datasets`; mixed
+    datasets' shares are above 0 and sum to 1."""
+    from editharm.data.editsets import EDIT_SETS, edit_set
+    from editharm.data.sequences import edit_counts
+
+    dataset = cfg["sequences"]["dataset"]
+    mixed = isinstance(dataset, dict)
+    with_source = [name for name in cfg["datasets"] if name in EDIT_SETS]
+    for name in sequence_datasets(cfg):
+        key = f"sequences.dataset.{name}" if mixed else "sequences.dataset"
+        if mixed and not 0 < dataset[name] <= 1:
+            raise ParamsError(f"{source}: key {key!r} is {dataset[name]!r}; allowed: a share above 0 and at most 1, "
+                              "the shares summing to 1")
+        try:
+            edit_set(name)
+        except (KeyError, ValueError) as exc:
+            raise ParamsError(f"{source}: key {key!r}: {exc}") from None
+        if name not in cfg["datasets"]:
+            raise ParamsError(f"{source}: key {key!r} names {name!r}, which has no source under 'datasets'; "
+                              f"allowed: {', '.join(with_source) or '(none)'}, or add 'datasets.{name}'")
+    if mixed:
+        try:
+            edit_counts(dataset, cfg["sequences"]["n_edits"])
+        except ValueError as exc:
+            raise ParamsError(f"{source}: key 'sequences.dataset': {exc}") from None
 
 
 def _check_architecture(name: str, spec: dict, folder: Path | None, source: str) -> None:

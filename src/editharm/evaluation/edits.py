@@ -8,7 +8,8 @@
 - fluency: ROME's weighted bi/tri-gram entropy of a greedy continuation of the edit prompt.
 A record without the prompt for a metric gets NaN there; summaries average over the rest.
 Summaries are over the latest edit call's records (the usual editing metrics) and, with an
-"_all" suffix, over every edit in the model so far (retention of earlier edits).
+"_all" suffix, over every edit in the model so far (retention of earlier edits); in a sequence mixing
+several datasets also per dataset ("zsre:reliability_all", `dataset_means`).
 """
 from __future__ import annotations
 
@@ -106,6 +107,21 @@ def edit_metrics(
         summary["bootstrap"] = _replicates(bootstrap, records, is_latest, columns, summary)
     summary["n"] = len(records)
     return frame, summary
+
+
+def dataset_means(frame: pd.DataFrame, dataset_of: dict[str, str]) -> dict[str, float]:
+    """Of a sequence mixing several datasets: each metric over every edit so far from one dataset, as
+    "<dataset>:<metric>_all" (`frame` is `edit_metrics`'; `dataset_of` maps record ids to datasets, empty
+    for a one-dataset sequence). Means only: their intervals would need a bootstrap per dataset."""
+    if not dataset_of:
+        return {}
+    means = {}
+    for name, rows in frame.groupby(frame["id"].map(dataset_of), sort=True):
+        for metric in EDIT_METRICS:
+            value = _mean(list(rows[metric]))
+            if value is not None:
+                means[f"{name}:{metric}_all"] = value
+    return means
 
 
 def _replicates(bootstrap: Bootstrap, records: Sequence[EditRecord], is_latest: list[bool],

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 from editharm.core.fileio import write_parquet
 from editharm.data.sequences import read_sequence
 from editharm.evaluation import checkpoints
-from editharm.evaluation.edits import base_argmax, edit_metrics
+from editharm.evaluation.edits import base_argmax, dataset_means, edit_metrics
 from editharm.evaluation.general import evaluate_task as _evaluate_task
 from editharm.evaluation.perplexity import read_heldout, score_heldout
 from editharm.evaluation.perplexity import replicates as heldout_replicates
@@ -63,7 +63,9 @@ def evaluate_edits(model: Path, sequence: Path, labels: dict[str, Any], fluency_
         raise ValueError("evaluate-edits needs --delta: editing metrics belong to an edited checkpoint")
     _outputs(delta, out_predictions, out_metrics)
     resampler = Bootstrap.from_options(bootstrap)
-    by_id = {r.id: r for r in read_sequence(sequence).records}
+    seq = read_sequence(sequence)
+    by_id = {r.id: r for r in seq.records}
+    dataset_of = dict(zip(by_id, seq.datasets))  # empty unless the sequence mixes datasets
     ckpts = [checkpoints.load(path) for path in delta]
     for ckpt in ckpts:
         missing = sorted(set(ckpt.meta["record_ids"]) - set(by_id))
@@ -78,9 +80,12 @@ def evaluate_edits(model: Path, sequence: Path, labels: dict[str, Any], fluency_
         df, metrics = edit_metrics(lm, tok, records, latest=set(ckpt.meta["latest_ids"]),
                                    base_predictions=[base[r.id] for r in records], fluency_tokens=fluency_tokens,
                                    bootstrap=resampler)
+        if dataset_of:
+            df.insert(1, "dataset", df["id"].map(dataset_of))
         write_parquet(preds_path, df)
         # None: nothing to average
         scores = {k: v for k, v in metrics.items() if k not in ("n", "bootstrap") and v is not None}
+        scores.update(dataset_means(df, dataset_of))
         write_metrics(metrics_path, {**ckpt.labels(labels), "task": EDITING_TASK, "metrics": scores,
                                      "n": len(records), "scoring": "teacher_forced",
                                      "bootstrap": metrics.get("bootstrap")})

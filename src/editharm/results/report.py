@@ -504,7 +504,7 @@ def _setting_charts(rows: pd.DataFrame, configs: list[str], pct: str) -> list:
     if len(editing):
         order = _metric_order(editing["metric"])
         scoring = _scoring_note(editing["scoring"].iloc[0])
-        titles = {m: (m, "share of base-model answer tokens unchanged" if m.startswith("locality") else "",
+        titles = {m: (m, "share of base-model answer tokens unchanged" if "locality" in m else "",
                       "over every edit made so far" if m.endswith("_all") else "") for m in order}
         charts.append(alt.concat(*_panels(editing, "metric", order, titles, x_field, configs, sig_label), columns=4,
                                  title=_title(f"Editing metrics {_x_words(x_field)}",
