@@ -27,13 +27,11 @@ from editharm.editing.methods.rome import (
     Rome,
     RomeHparams,
     RomeStep,
-    context_prefixes,
     rank_one_update,
-    row_space,
-    subject_keys,
+    step_inputs,
     target_shift,
 )
-from editharm.model.modules import edited_matrix, get_module
+from editharm.model.modules import get_module
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +69,9 @@ def r_rome_step(
 ) -> RomeStep:
     """One r-ROME edit against the model's current weights (not applied); `prefixes` (bare prompt
     first) default to `context_prefixes` of the current weights."""
-    name, weight, transposed = edited_matrix(model, hparams.module_path)
-    if prefixes is None:
-        prefixes = context_prefixes(model, tok, hparams)
-    keys = subject_keys(model, tok, record, hparams, prefixes)
-    mean_key = keys.mean(0)
-    u = row_space(mean_key, second_moment, hparams.module_path)
+    inputs = step_inputs(model, tok, record, hparams, second_moment, prefixes)
+    name, weight, transposed, prefixes = inputs.name, inputs.weight, inputs.transposed, inputs.prefixes
+    keys, mean_key, u = inputs.keys, inputs.mean_key, inputs.row_space
     with torch.no_grad():  # W k₀ + b (prefixes[0] is the bare prompt) and W k̄ + b
         module = get_module(model, hparams.module_path)
         at_prompt, at_mean = module(torch.stack([keys[0], mean_key]).to(weight)).float()

@@ -320,19 +320,43 @@ def row_space(mean_key: torch.Tensor, second_moment: Optional[torch.Tensor], mod
     return torch.linalg.solve(second_moment.to(u), u)
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """What a ROME-family edit reads from the model before it solves: the edited matrix, the prefixes
+    (bare prompt first), the subject's key under each, their mean k̄ and the row space u = C⁻¹k̄."""
+
+    name: str
+    weight: torch.Tensor
+    transposed: bool
+    prefixes: list[str]
+    keys: torch.Tensor
+    mean_key: torch.Tensor
+    row_space: torch.Tensor
+
+
+def step_inputs(model, tok, record: EditRecord, hparams: RomeHparams, second_moment: Optional[torch.Tensor],
+                prefixes: Optional[list[str]]) -> StepInputs:
+    """`StepInputs` of one record against the model's current weights; `prefixes` default to
+    `context_prefixes` of the current weights."""
+    name, weight, transposed = edited_matrix(model, hparams.module_path)
+    if prefixes is None:
+        prefixes = context_prefixes(model, tok, hparams)
+    keys = subject_keys(model, tok, record, hparams, prefixes)
+    mean_key = keys.mean(0)
+    u = row_space(mean_key, second_moment, hparams.module_path)
+    return StepInputs(name, weight, transposed, prefixes, keys, mean_key, u)
+
+
 def rome_step(
     model, tok, record: EditRecord, hparams: RomeHparams, *, second_moment: Optional[torch.Tensor] = None,
     prefixes: Optional[list[str]] = None,
 ) -> RomeStep:
     """One ROME edit against the model's current weights (not applied); `prefixes` (bare prompt
     first) default to `context_prefixes` of the current weights."""
-    name, weight, transposed = edited_matrix(model, hparams.module_path)
-    if prefixes is None:
-        prefixes = context_prefixes(model, tok, hparams)
-    keys = subject_keys(model, tok, record, hparams, prefixes)
-    mean_key = keys.mean(0)
+    inputs = step_inputs(model, tok, record, hparams, second_moment, prefixes)
+    name, weight, transposed, prefixes = inputs.name, inputs.weight, inputs.transposed, inputs.prefixes
+    keys, mean_key, u = inputs.keys, inputs.mean_key, inputs.row_space
     key = mean_key if hparams.exact_key == "mean" else keys[0]  # prefixes[0] is the bare prompt
-    u = row_space(mean_key, second_moment, hparams.module_path)
     with torch.no_grad():
         base = get_module(model, hparams.module_path)(key.to(weight)[None])[0].float()  # W k* + b
     delta, nll, steps = target_shift(model, tok, record, hparams, prefixes, base)
