@@ -57,12 +57,13 @@ def test_share_out_of_range_is_rejected_naming_k():
 
 
 def test_params_yaml_accepts_the_baselines(tmp_path):
+    from pathlib import Path
+
     import yaml
-    from test_config import ROOT
 
     from editharm.config.load import validate_params
 
-    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     cfg["regularizers"].update({"random40": {"kind": "random", "k": 0.4}, "pca40": {"kind": "pca", "k": 0.4}})
     assert set(validate_params(cfg)["regularizers"]) == {"none", "rect", "random40", "pca40"}
     cfg["regularizers"]["pca40"]["k"] = 0
