@@ -28,7 +28,6 @@ from editharm.editing.methods.memit import (
     SpreadHparams,
     spread_over_layers,
 )
-from editharm.model.modules import edited_matrix
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +96,6 @@ def sequence_state(state: Optional[dict[str, Any]]) -> AlphaEditState:
 class AlphaEdit(EditMethod):
     name = "alphaedit"
     Hparams = AlphaEditHparams
-
-    @classmethod
-    def param_names(cls, model, hparams: AlphaEditHparams) -> list[str]:
-        return [edited_matrix(model, hparams.module_path(layer))[0] for layer in hparams.layers]
 
     @classmethod
     def edited_modules(cls, hparams: AlphaEditHparams) -> list[str]:

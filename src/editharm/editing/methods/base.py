@@ -8,6 +8,7 @@ import torch
 from editharm.core.params import TypedParams
 from editharm.core.records import EditRecord
 from editharm.core.registry import Registry
+from editharm.model.modules import edited_matrix
 
 Stats = Callable[[str], torch.Tensor]
 Editor = dict[str, torch.Tensor]
@@ -21,8 +22,9 @@ class EditMethod:
 
     @classmethod
     def param_names(cls, model: torch.nn.Module, hparams: Any) -> list[str]:
-        """Names of the parameters this method changes, known before any edit."""
-        raise NotImplementedError
+        """Names of the parameters this method changes, known before any edit: by default the weight
+        of each of its `edited_modules`."""
+        return [edited_matrix(model, path)[0] for path in cls.edited_modules(hparams)]
 
     @classmethod
     def edited_modules(cls, hparams: Any) -> list[str]:

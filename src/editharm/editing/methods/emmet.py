@@ -21,7 +21,6 @@ import torch
 from editharm.core.records import EditRecord
 from editharm.editing.methods.base import METHODS, EditMethod, Stats
 from editharm.editing.methods.memit import EASYEDIT_UNUSED, LayerStep, SpreadHparams, spread_over_layers
-from editharm.model.modules import edited_matrix
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +78,6 @@ def emmet_update(keys: torch.Tensor, residual: torch.Tensor, second_moment: Opti
 class Emmet(EditMethod):
     name = "emmet"
     Hparams = EmmetHparams
-
-    @classmethod
-    def param_names(cls, model, hparams: EmmetHparams) -> list[str]:
-        return [edited_matrix(model, hparams.module_path(layer))[0] for layer in hparams.layers]
 
     @classmethod
     def edited_modules(cls, hparams: EmmetHparams) -> list[str]:

@@ -201,10 +201,6 @@ class _Ft(EditMethod):
     """Shared by FT-L and FT-M, which differ only in their Hparams' objective."""
 
     @classmethod
-    def param_names(cls, model, hparams: FtHparams) -> list[str]:
-        return [edited_matrix(model, path)[0] for path in hparams.module_paths()]
-
-    @classmethod
     def edited_modules(cls, hparams: FtHparams) -> list[str]:
         return hparams.module_paths()
 

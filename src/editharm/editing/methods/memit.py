@@ -234,10 +234,6 @@ class Memit(EditMethod):
     Hparams = MemitHparams
 
     @classmethod
-    def param_names(cls, model, hparams: MemitHparams) -> list[str]:
-        return [edited_matrix(model, hparams.module_path(layer))[0] for layer in hparams.layers]
-
-    @classmethod
     def edited_modules(cls, hparams: MemitHparams) -> list[str]:
         return [hparams.module_path(layer) for layer in hparams.layers]
 

@@ -378,10 +378,6 @@ class Rome(EditMethod):
     Hparams = RomeHparams
 
     @classmethod
-    def param_names(cls, model, hparams: RomeHparams) -> list[str]:
-        return [edited_matrix(model, hparams.module_path)[0]]
-
-    @classmethod
     def edited_modules(cls, hparams: RomeHparams) -> list[str]:
         return [hparams.module_path]
 
